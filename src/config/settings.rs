@@ -1,0 +1,316 @@
+//! Validated, typed settings: what the rest of patgate reads.
+//!
+//! Produced only by [`crate::config::load`] / [`crate::config::from_yaml`] after every
+//! field and cross-field rule has been checked, so consumers never re-validate.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, Uri};
+use ipnet::IpNet;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data-plane listener.
+    pub listen: SocketAddr,
+    /// TLS on the data-plane listener.
+    pub tls: Option<TlsSettings>,
+    /// Admin listener and credentials.
+    pub admin: AdminSettings,
+    /// Token store.
+    pub store: StoreSettings,
+    /// Token cache.
+    pub cache: CacheSettings,
+    /// Token format and lifecycle policy.
+    pub tokens: TokenSettings,
+    /// Rate limiting.
+    pub rate_limit: RateLimitSettings,
+    /// Client IP resolution.
+    pub client_ip: ClientIpSettings,
+    /// Names of injected identity headers.
+    pub identity_headers: IdentityHeaders,
+    /// Forward the client's `Authorization` header upstream.
+    pub forward_authorization: bool,
+    /// Path answered by patgate itself with the caller's identity.
+    pub whoami_path: String,
+    /// Routes, in file order (matching picks the longest prefix).
+    pub routes: Vec<Route>,
+    /// Named upstreams (routes with a URL get an anonymous entry here too).
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Size and connection limits.
+    pub limits: Limits,
+    /// Logging.
+    pub logging: LoggingSettings,
+}
+
+/// PEM files for TLS termination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Admin listener (default `127.0.0.1:9091`).
+    pub listen: SocketAddr,
+    /// Accepted admin keys, by SHA-256.
+    pub api_keys: Vec<AdminKey>,
+}
+
+/// One admin key: a name for audit records and the SHA-256 of the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    /// Shown in audit records as `admin:<name>`.
+    pub name: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+}
+
+/// Which store backs the tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSettings {
+    /// Redis (standalone or cluster).
+    Redis(RedisSettings),
+    /// redb file.
+    Embedded(EmbeddedSettings),
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    /// `redis://` / `rediss://` URLs (one for standalone; seed nodes for a cluster).
+    pub urls: Vec<String>,
+    /// Use the cluster client.
+    pub cluster: bool,
+    /// Per-command timeout (default 250 ms): a store call never blocks a request longer.
+    pub command_timeout: Duration,
+    /// Connect timeout (default 1 s).
+    pub connect_timeout: Duration,
+    /// Prefix of every key and of the pub/sub channel (default `patgate:`).
+    pub key_prefix: String,
+    /// Max audit events kept (Redis stream MAXLEN ~, default 100000).
+    pub audit_max_events: u64,
+}
+
+/// Embedded store settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedSettings {
+    /// redb file (created if missing).
+    pub path: PathBuf,
+    /// Max audit events kept (default 100000).
+    pub audit_max_events: u64,
+}
+
+/// Token cache settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// How long a positive entry is served before it is refreshed (default 30 s).
+    pub ttl: Duration,
+    /// How long an unknown hash is remembered (default 5 s).
+    pub negative_ttl: Duration,
+    /// How long a positive entry may still be served while the store is unreachable
+    /// (default 300 s; counted from when it was last fetched).
+    pub max_staleness: Duration,
+    /// Max entries (default 100000).
+    pub max_entries: u64,
+}
+
+/// Token format and lifecycle policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// Prefix of new tokens (default `pat_`).
+    pub prefix: String,
+    /// Other prefixes accepted for imported tokens (with `accept_foreign`).
+    pub foreign_prefixes: Vec<String>,
+    /// Expiry given to new tokens that do not set one; `None` = never (default 365 d).
+    pub default_expiry: Option<Duration>,
+    /// Longest expiry a token may have; `None` = unbounded (default none).
+    pub max_expiry: Option<Duration>,
+    /// Let tokens with a known prefix that are not in patgate's format reach the lookup.
+    pub accept_foreign: bool,
+    /// Creations per owner per hour (default 5; 0 = unlimited).
+    pub creation_limit: u32,
+    /// Longest grace period on regenerate (default 86400 s).
+    pub max_grace_period: Duration,
+}
+
+/// Rate-limit settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// Where limits are counted.
+    pub mode: RateLimitMode,
+    /// Default per-token limit; `None` = unlimited unless the token sets one.
+    pub default: Option<RateSpec>,
+}
+
+/// Where rate limits are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitMode {
+    /// Per replica, in memory (governor).
+    Local,
+    /// Across replicas, in Redis.
+    Redis,
+}
+
+/// A rate: `requests` per `per_seconds`, bucket `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateSpec {
+    /// Requests per period (≥ 1).
+    pub requests: u32,
+    /// Period in seconds (≥ 1).
+    pub per_seconds: u32,
+    /// Bucket size (≥ 1).
+    pub burst: u32,
+}
+
+/// Client IP resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientIpSettings {
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Identity header names (all lower-case `HeaderName`s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// Every client header starting with this (case-insensitive) is stripped.
+    /// Stored lower-case; default `x-auth-`.
+    pub prefix: String,
+    /// Default `X-Auth-User-Id` (the token's ownerId).
+    pub user_id: HeaderName,
+    /// Default `X-Auth-Token-Id`.
+    pub token_id: HeaderName,
+    /// Default `X-Auth-Token-Prefix`.
+    pub token_prefix: HeaderName,
+    /// Default `X-Auth-Token-Type`.
+    pub token_type: HeaderName,
+    /// Default `X-Auth-Org-Id`.
+    pub org_id: HeaderName,
+    /// Default `X-Auth-Project-Id`.
+    pub project_id: HeaderName,
+    /// Default `X-Auth-Scopes`.
+    pub scopes: HeaderName,
+    /// Default `X-Auth-Permissions`.
+    pub permissions: HeaderName,
+}
+
+/// Whether a route requires a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A valid token is required (default).
+    Required,
+    /// No authentication; identity headers are still stripped.
+    None,
+}
+
+/// Where a project/org id sits in the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathParam {
+    /// A template such as `/v1/projects/{project}`: the segment at the placeholder.
+    Template {
+        /// Template segments; `None` marks the placeholder position.
+        segments: Vec<Option<String>>,
+    },
+    /// A segment name such as `projects`: the segment right after it.
+    After(String),
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name (metrics, logs, JWT audience later).
+    pub name: String,
+    /// Host to match (lower-case, without port); `None` = any.
+    pub host: Option<String>,
+    /// Path prefix to match.
+    pub path_prefix: String,
+    /// Methods to match; empty = any.
+    pub methods: Vec<Method>,
+    /// Upstream to forward to.
+    pub upstream: Arc<Upstream>,
+    /// Authentication requirement.
+    pub auth: AuthMode,
+    /// Scopes the token must hold.
+    pub require_scopes: Vec<String>,
+    /// Permissions the token must hold.
+    pub require_permissions: Vec<String>,
+    /// GET/HEAD/OPTIONS need `read`, other methods `write`.
+    pub permissions_by_method: bool,
+    /// Project binding.
+    pub project_param: Option<PathParam>,
+    /// Org binding.
+    pub org_param: Option<PathParam>,
+    /// Body limit for this route (defaults to `limits.max_body_bytes`).
+    pub max_body_bytes: u64,
+    /// Remove `path_prefix` before forwarding (default false).
+    pub strip_prefix: bool,
+}
+
+/// An upstream service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    /// Name (the `upstreams` key, or the route name for inline URLs).
+    pub name: String,
+    /// Base URLs (`http://host:port[/base]`); round-robin when several.
+    pub urls: Vec<Uri>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the response head arrives.
+    pub response_timeout: Duration,
+}
+
+/// Timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Request head must arrive within this (default 10 s).
+    pub header_read: Duration,
+    /// Drain deadline on SIGTERM (default 30 s).
+    pub shutdown_grace: Duration,
+    /// Default upstream connect timeout (default 5 s).
+    pub upstream_connect: Duration,
+    /// Default upstream response-head timeout (default 60 s).
+    pub upstream_response: Duration,
+    /// Idle keep-alive connections are closed after this (default 60 s).
+    pub idle: Duration,
+}
+
+/// Size and connection limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Request head limit (default 16384).
+    pub max_header_bytes: usize,
+    /// Request body limit (default 100 MiB).
+    pub max_body_bytes: u64,
+    /// Concurrent client connections (default 10000).
+    pub max_connections: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingSettings {
+    /// Format (default json).
+    pub format: LogFormat,
+    /// Default filter when `RUST_LOG` is unset (default `info`).
+    pub level: String,
+    /// One line per request (default true).
+    pub access_log: bool,
+}

@@ -1,0 +1,24 @@
+//! patgate: a reverse-proxy authentication gateway for Personal Access Tokens.
+//!
+//! # Layout
+//! The modules follow a request's path through the gateway:
+//! - [`config`]: YAML → raw structs → validated [`config::Settings`] (every problem with its path).
+//! - [`token`]: the token format — generate, parse + checksum, SHA-256, display prefix. Pure.
+//! - [`store`]: the [`store::TokenStore`] trait; Redis and embedded (redb) implementations.
+//! - [`cache`]: moka cache in front of the store: positive/negative entries, coalesced
+//!   misses, invalidation, stale serving while the store is down.
+//! - [`auth`]: the decision pipeline — format → lookup → state → IP → route policy → rate limit.
+//! - [`ratelimit`]: per-token limits (governor) and the `RateLimit-*` header values.
+//! - [`proxy`]: routing, header hygiene, forwarding with the pooled hyper client.
+//! - [`admin`]: the admin API (SPEC §4) on its own listener.
+//! - [`server`]: listeners, connection handling, graceful shutdown.
+//! - [`error`]: the one place where a denial or failure becomes a response.
+//! - [`cli`]: the `patgate` command line (the binary is a thin wrapper).
+//! - [`dev`]: `patgate dev` — embedded store, echo upstream, a minted token.
+//! - [`telemetry`]: tracing setup.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod store;
+pub mod token;

@@ -1,0 +1,1 @@
+//! Embedded store (redb): see module doc of `store`.

@@ -1,0 +1,117 @@
+//! Token stores: the [`TokenStore`] trait and its two implementations.
+//!
+//! - [`redis`]: production; shared by every replica, publishes invalidations.
+//! - [`embedded`]: redb, one file, for `dev` and single-node deployments.
+//!
+//! Every method is one logical operation; implementations make each atomic (a redb
+//! write transaction, or a single-slot Redis command / Lua script), so a failed call
+//! leaves nothing half-written. Store calls happen only on cache misses and in
+//! management operations — never on the cached request path.
+
+mod record;
+
+pub use record::{
+    AuditEvent, AuditQuery, Changed, Invalidation, ListQuery, Lookup, Page, RateLimit,
+    TokenRecord, TokenType, UsageDelta,
+};
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::token::TokenHash;
+
+/// A store failure. `Unavailable` means "could not reach / timed out" — the data plane
+/// answers 503 for uncached tokens; the admin API answers 503 too.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule was violated (same id or hash already stored).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A change was refused by the mutation (e.g. reactivating a revoked token).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A change applied atomically to one record by [`TokenStore::update`]. It may run
+/// more than once (optimistic retries), so it must be a pure function of the record.
+pub type Mutation<'a> = &'a (dyn Fn(&mut TokenRecord) -> Result<(), String> + Send + Sync);
+
+/// What a subscriber receives: an invalidation (or `All` after a reconnect).
+pub type InvalidationRx = broadcast::Receiver<Invalidation>;
+
+/// The token store. See the module doc for atomicity rules.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Resolves a hash to its record: the current secret, or an old one in its grace
+    /// period (`grace_until` set). `None` when unknown or its grace has ended.
+    async fn lookup(&self, hash: &TokenHash) -> Result<Option<Lookup>, StoreError>;
+
+    /// Whether `owner_id` is disabled.
+    async fn owner_disabled(&self, owner_id: &str) -> Result<bool, StoreError>;
+
+    /// Sets or clears an owner's disabled flag.
+    async fn set_owner_disabled(&self, owner_id: &str, disabled: bool) -> Result<(), StoreError>;
+
+    /// Stores a new record under `hash`. `Conflict` if the id or the hash exists.
+    async fn create(&self, hash: &TokenHash, record: &TokenRecord) -> Result<(), StoreError>;
+
+    /// One record by id.
+    async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Applies `change` to the record atomically; `None` if the id is unknown.
+    /// A mutation error becomes `StoreError::Rejected` and nothing is written.
+    async fn update(&self, id: &str, change: Mutation<'_>) -> Result<Option<Changed>, StoreError>;
+
+    /// Moves the record to `new_hash`. The old hash keeps resolving for `grace`
+    /// (zero: it stops at once). `None` if the id is unknown.
+    async fn rotate(
+        &self,
+        id: &str,
+        new_hash: &TokenHash,
+        grace: Duration,
+    ) -> Result<Option<Changed>, StoreError>;
+
+    /// Removes the record and every hash that resolves to it.
+    async fn delete(&self, id: &str) -> Result<Option<Changed>, StoreError>;
+
+    /// A page of records in id order after `query.cursor`, filtered by `query`.
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Adds usage counts and moves `lastUsedAt` forward; unknown ids are skipped.
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
+
+    /// Counts a creation for `owner_id` in the current fixed window of `window`;
+    /// returns the count including this one and the time left in the window.
+    async fn count_creation(
+        &self,
+        owner_id: &str,
+        window: Duration,
+    ) -> Result<(u64, Duration), StoreError>;
+
+    /// Appends an audit event (the store caps the trail's length).
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Audit events, newest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Tells every replica (this one included) to drop cached entries.
+    async fn publish(&self, invalidation: &Invalidation) -> Result<(), StoreError>;
+
+    /// Invalidations published by any replica. After a lost subscription is
+    /// re-established the receiver gets `Invalidation::All`.
+    fn subscribe(&self) -> InvalidationRx;
+
+    /// Cheap reachability check for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub mod embedded;
+pub mod redis;

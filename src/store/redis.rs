@@ -1,0 +1,1 @@
+//! Redis store: see module doc of `store`.
