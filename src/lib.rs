@@ -16,9 +16,29 @@
 //! - [`cli`]: the `patgate` command line (the binary is a thin wrapper).
 //! - [`dev`]: `patgate dev` — embedded store, echo upstream, a minted token.
 //! - [`telemetry`]: tracing setup.
+//! - [`lifecycle`]: token lifecycle operations (create … delete), invalidation, audit.
+//! - [`usage`]: in-memory usage counts flushed to the store in batches.
+//! - [`client_ip`]: the client IP behind trusted proxies.
+//! - [`body`]: the body type and the streaming body-size limit.
+//! - [`app`]: wiring, signals, drain.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod cache;
+pub mod cli;
+pub mod client_ip;
 pub mod config;
+pub mod dev;
+pub mod error;
+pub mod lifecycle;
+pub mod proxy;
+pub mod ratelimit;
+pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod token;
+pub mod usage;

@@ -1,0 +1,351 @@
+//! The admin API (SPEC §4) on its own listener: JSON under `/v1`, plus `/healthz`
+//! and `/readyz`.
+//!
+//! Caller authentication ([`caller`]): `Authorization: Bearer <admin key>`, compared
+//! by SHA-256 in constant time against every configured key. Handlers are thin: they
+//! parse input ([`input`]), call [`crate::lifecycle::Lifecycle`], and render JSON; the
+//! mapping of a [`LifecycleError`] to a status is one exhaustive `match`.
+
+pub mod caller;
+pub mod input;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::config::AdminKey;
+use crate::error::{json_error, json_response};
+use crate::lifecycle::{Caller, Lifecycle, LifecycleError, TokenPatch};
+use crate::proxy::ConnInfo;
+use crate::store::{AuditQuery, ListQuery, StoreError};
+use input::Fields;
+
+/// Largest admin request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// The admin API service.
+pub struct Admin {
+    lifecycle: Lifecycle,
+    keys: Vec<AdminKey>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+type Reply = Result<Response<Body>, LifecycleError>;
+
+fn ok_json(status: StatusCode, v: &impl serde::Serialize) -> Reply {
+    let body = serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(json_response(status, Bytes::from(body)))
+}
+
+/// Status and message for a failed operation (one exhaustive match).
+fn error_response(e: &LifecycleError) -> Response<Body> {
+    match e {
+        LifecycleError::Invalid { field, reason } => {
+            let body = serde_json::json!({
+                "error": format!("{field}: {reason}"),
+                "field": field,
+            });
+            json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()))
+        }
+        LifecycleError::NotFound => json_error(StatusCode::NOT_FOUND, "Token not found"),
+        LifecycleError::Conflict(m) => json_error(StatusCode::CONFLICT, m),
+        LifecycleError::TooManyCreations { retry_after } => {
+            let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
+            let secs = retry_after.as_secs().max(1);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r
+        }
+        LifecycleError::Store(StoreError::Unavailable(_)) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "Token store unavailable")
+        }
+        LifecycleError::Store(StoreError::Conflict(m)) => json_error(StatusCode::CONFLICT, m),
+        LifecycleError::Store(StoreError::Rejected(m)) => json_error(StatusCode::CONFLICT, m),
+        LifecycleError::Store(StoreError::Corrupt(_)) | LifecycleError::Rng => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+        }
+    }
+}
+
+fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn bad(field: &str, reason: &str) -> LifecycleError {
+    crate::lifecycle::invalid(field, reason)
+}
+
+fn list_query(pairs: &[(String, String)]) -> Result<ListQuery, LifecycleError> {
+    let mut q = ListQuery {
+        limit: 50,
+        ..Default::default()
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "ownerId" => q.owner_id = Some(v.clone()),
+            "orgId" => q.org_id = Some(v.clone()),
+            "projectId" => q.project_id = Some(v.clone()),
+            "type" => {
+                q.kind = Some(match v.as_str() {
+                    "user" => crate::store::TokenType::User,
+                    "organization" => crate::store::TokenType::Organization,
+                    "project" => crate::store::TokenType::Project,
+                    _ => return Err(bad("type", "must be user, organization or project")),
+                })
+            }
+            "active" => {
+                q.active = Some(match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("active", "must be true or false")),
+                })
+            }
+            "q" => q.q = Some(v.clone()),
+            "expiringWithinDays" => {
+                q.expiring_within_days = Some(
+                    v.parse()
+                        .map_err(|_| bad("expiringWithinDays", "must be a non-negative integer"))?,
+                )
+            }
+            "limit" => {
+                let n: usize = v.parse().map_err(|_| bad("limit", "must be 1-1000"))?;
+                if !(1..=1000).contains(&n) {
+                    return Err(bad("limit", "must be 1-1000"));
+                }
+                q.limit = n;
+            }
+            "cursor" => q.cursor = Some(v.clone()),
+            other => return Err(bad(other, "unknown query parameter")),
+        }
+    }
+    Ok(q)
+}
+
+fn audit_query(pairs: &[(String, String)]) -> Result<AuditQuery, LifecycleError> {
+    let mut q = AuditQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "tokenId" => q.token_id = Some(v.clone()),
+            "actor" => q.actor = Some(v.clone()),
+            "since" => {
+                q.since = Some(
+                    v.parse()
+                        .map_err(|_| bad("since", "must be an RFC 3339 timestamp"))?,
+                )
+            }
+            "limit" => {
+                let n: usize = v.parse().map_err(|_| bad("limit", "must be 1-1000"))?;
+                if !(1..=1000).contains(&n) {
+                    return Err(bad("limit", "must be 1-1000"));
+                }
+                q.limit = n;
+            }
+            "cursor" => q.cursor = Some(v.clone()),
+            other => return Err(bad(other, "unknown query parameter")),
+        }
+    }
+    Ok(q)
+}
+
+impl Admin {
+    /// The admin API over `lifecycle`, accepting `keys`.
+    pub fn new(lifecycle: Lifecycle, keys: Vec<AdminKey>) -> Self {
+        Admin { lifecycle, keys }
+    }
+
+    /// Handles one admin request.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match (method.clone(), path.as_str()) {
+            (Method::GET, "/healthz") => {
+                return json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#));
+            }
+            (Method::GET, "/readyz") => return self.readyz().await,
+            _ => {}
+        }
+        if !path.starts_with("/v1/") {
+            return json_error(StatusCode::NOT_FOUND, "Not found");
+        }
+        let actor = match caller::authenticate(req.headers(), &self.keys) {
+            Ok(a) => a,
+            Err(resp) => return *resp,
+        };
+        let by = Caller {
+            actor,
+            ip: Some(crate::client_ip::canonical(conn.peer.ip())),
+        };
+        let reply = self.route(req, &method, &path, &by).await;
+        match reply {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, LifecycleError::Store(_) | LifecycleError::Rng) {
+                    tracing::error!(error = %e, %method, path, "admin request failed");
+                }
+                error_response(&e)
+            }
+        }
+    }
+
+    async fn readyz(&self) -> Response<Body> {
+        match tokio::time::timeout(Duration::from_secs(2), self.lifecycle.store().ping()).await {
+            Ok(Ok(())) => json_response(
+                StatusCode::OK,
+                Bytes::from_static(br#"{"status":"ready","checks":{"store":"ok","config":"ok","listeners":"ok"}}"#),
+            ),
+            Ok(Err(e)) => {
+                let body = serde_json::json!({
+                    "status": "not ready",
+                    "checks": {"store": format!("failed: {e}"), "config": "ok", "listeners": "ok"},
+                });
+                json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(body.to_string()))
+            }
+            Err(_) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from_static(br#"{"status":"not ready","checks":{"store":"failed: timed out","config":"ok","listeners":"ok"}}"#),
+            ),
+        }
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        method: &Method,
+        path: &str,
+        by: &Caller,
+    ) -> Reply {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let lc = &self.lifecycle;
+        match (method, segs.as_slice()) {
+            (&Method::POST, ["v1", "tokens"]) => {
+                let mut f = Fields::parse(&read_body(req).await?)?;
+                let new = input::new_token(&mut f)?;
+                f.finish()?;
+                let (token, record) = lc.create(new, by).await?;
+                ok_json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({"token": token, "record": record}),
+                )
+            }
+            (&Method::GET, ["v1", "tokens"]) => {
+                let q = list_query(&query_pairs(&req))?;
+                let page = lc.store().list(&q).await?;
+                ok_json(StatusCode::OK, &page)
+            }
+            (&Method::POST, ["v1", "tokens", "import"]) => {
+                let mut f = Fields::parse(&read_body(req).await?)?;
+                let sha = f
+                    .string("sha256")?
+                    .ok_or_else(|| bad("sha256", "is required"))?;
+                let prefix = f.string("prefix")?;
+                let new = input::new_token(&mut f)?;
+                f.finish()?;
+                let record = lc.import(&sha, prefix, new, by).await?;
+                ok_json(StatusCode::CREATED, &serde_json::json!({"record": record}))
+            }
+            (&Method::GET, ["v1", "tokens", id]) => {
+                let r = lc.store().get(id).await?.ok_or(LifecycleError::NotFound)?;
+                ok_json(StatusCode::OK, &r)
+            }
+            (&Method::PATCH, ["v1", "tokens", id]) => {
+                let mut f = Fields::parse(&read_body(req).await?)?;
+                let patch = input::patch(&mut f)?;
+                f.finish()?;
+                let r = lc.update(id, patch, by, "token.update").await?;
+                ok_json(StatusCode::OK, &r)
+            }
+            (&Method::DELETE, ["v1", "tokens", id]) => {
+                lc.delete(id, by).await?;
+                Ok(Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(crate::body::empty())
+                    .unwrap_or_default())
+            }
+            (&Method::POST, ["v1", "tokens", id, "revoke"]) => {
+                let r = lc.revoke(id, by).await?;
+                ok_json(StatusCode::OK, &r)
+            }
+            (&Method::POST, ["v1", "tokens", id, action @ ("deactivate" | "activate")]) => {
+                let active = *action == "activate";
+                let patch = TokenPatch {
+                    is_active: Some(active),
+                    ..Default::default()
+                };
+                let r = lc.update(id, patch, by, &format!("token.{action}")).await?;
+                ok_json(StatusCode::OK, &r)
+            }
+            (&Method::POST, ["v1", "tokens", id, "regenerate"]) => {
+                let mut f = Fields::parse(&read_body(req).await?)?;
+                let grace = f.uint("gracePeriodSeconds")?.unwrap_or(0);
+                f.finish()?;
+                let (token, record) = lc.regenerate(id, Duration::from_secs(grace), by).await?;
+                ok_json(
+                    StatusCode::OK,
+                    &serde_json::json!({"token": token, "record": record}),
+                )
+            }
+            (&Method::POST, ["v1", "owners", owner, action @ ("disable" | "enable")]) => {
+                let disabled = *action == "disable";
+                lc.set_owner_disabled(owner, disabled, by).await?;
+                ok_json(
+                    StatusCode::OK,
+                    &serde_json::json!({"ownerId": owner, "disabled": disabled}),
+                )
+            }
+            (&Method::GET, ["v1", "audit"]) => {
+                let q = audit_query(&query_pairs(&req))?;
+                let limit = q.limit;
+                let items = lc.store().list_audit(&q).await?;
+                let next = if items.len() == limit {
+                    items.last().map(|e| e.id.clone())
+                } else {
+                    None
+                };
+                ok_json(
+                    StatusCode::OK,
+                    &serde_json::json!({"items": items, "nextCursor": next}),
+                )
+            }
+            _ => Ok(json_error(StatusCode::NOT_FOUND, "Not found")),
+        }
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, LifecycleError> {
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(bad("body", "unreadable or larger than 1 MiB")),
+    }
+}
+
+impl crate::server::Handler for Admin {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        self.handle(req, conn)
+    }
+}
+
+/// Shared handle used by `serve`.
+pub type SharedAdmin = Arc<Admin>;

@@ -1,0 +1,183 @@
+//! The `patgate` command line. The binary's `main` only calls [`run`].
+//!
+//! `serve`, `dev`, `check-config`, `admin-key new` run locally; `token ...` is a
+//! client of the admin API (like `vault` / `kubectl`): the running gateway is the
+//! single writer of its store.
+
+mod client;
+mod token_cmd;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::token::TokenHash;
+
+/// Default config path when neither `--config` nor `$PATGATE_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "config/patgate.yaml";
+
+/// patgate — a reverse-proxy authentication gateway for Personal Access Tokens.
+#[derive(Debug, Parser)]
+#[command(name = "patgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Config file option shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Config file.
+    #[arg(long, env = "PATGATE_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (data plane + admin listener).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Zero-setup demo: embedded store in a temp dir, echo upstream, a minted token.
+    Dev {
+        /// Upstream URL (default: a built-in echo server).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Data-plane address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin_listen: SocketAddr,
+    },
+    /// Validate the config and exit (0 = valid, 2 = problems listed).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Admin keys.
+    AdminKey {
+        #[command(subcommand)]
+        command: AdminKeyCommand,
+    },
+    /// Manage tokens through the admin API.
+    Token(Box<token_cmd::TokenArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminKeyCommand {
+    /// Print a fresh admin key and the config line holding its SHA-256.
+    New {
+        /// Name recorded in the audit trail.
+        #[arg(long, default_value = "ops")]
+        name: String,
+    },
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Parses arguments and runs the command; returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match crate::config::load(&config.config) {
+            Ok(_) => {
+                println!("config ok: {}", config.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::AdminKey {
+            command: AdminKeyCommand::New { name },
+        } => match crate::token::generate("pgadm_") {
+            Ok(key) => {
+                println!("admin key (store it now; only its SHA-256 goes in the config):");
+                println!();
+                println!("  {key}");
+                println!();
+                println!("config (admin.api_keys):");
+                println!();
+                println!("    - name: {name}");
+                println!("      sha256: \"{}\"", TokenHash::of(&key).to_hex());
+                println!();
+                println!("for the CLI:  export PATGATE_ADMIN_KEY={key}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: random number generator failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config } => {
+            let settings = match crate::config::load(&config.config) {
+                Ok(s) => s,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            crate::telemetry::init(settings.logging.format, &settings.logging.level);
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(crate::app::serve(settings, Some(config.config))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "patgate stopped");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dev {
+            upstream,
+            listen,
+            admin_listen,
+        } => {
+            crate::telemetry::init(crate::config::LogFormat::Pretty, "warn,patgate=info");
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = crate::dev::DevOptions {
+                upstream,
+                listen,
+                admin_listen,
+            };
+            match rt.block_on(crate::dev::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Token(args) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(token_cmd::run(*args))
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Header hygiene on the way in and out: identity-header stripping, hop-by-hop
+//! removal, `X-Forwarded-*`, and identity injection.
+//!
+//! Invariant: after [`strip_identity`] no client header starting with the identity
+//! prefix survives, whatever its case or spelling — it runs first on every request,
+//! on every route, authenticated or not.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::IdentityHeaders;
+use crate::store::TokenRecord;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies also drop.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Removes every header whose name starts with `prefix` (lower-case; header names
+/// are stored lower-case by `http`, so this is case-insensitive). No allocation
+/// unless such a header is present.
+pub fn strip_identity(headers: &mut HeaderMap, prefix: &str) {
+    if !headers.keys().any(|k| k.as_str().starts_with(prefix)) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(prefix))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(&name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(&PROXY_CONNECTION);
+}
+
+/// Sets `X-Forwarded-For` / `-Proto` / `-Host`. A trusted peer's chain is extended;
+/// an untrusted peer's claims (`X-Forwarded-*`, `Forwarded`) are replaced.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    scheme: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let peer_s = peer.to_string();
+    let xff = if peer_trusted {
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer_s
+        } else {
+            format!("{}, {peer_s}", prior.join(", "))
+        }
+    } else {
+        headers.remove(&FORWARDED);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        peer_s
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(h) = host
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    }
+}
+
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    // Values come from validated records; a value that is not a legal header value
+    // (CR/LF, control bytes) is dropped rather than forwarded.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// Injects the identity of `record` under the configured names.
+pub fn inject_identity(headers: &mut HeaderMap, names: &IdentityHeaders, record: &TokenRecord) {
+    put(headers, &names.user_id, &record.owner_id);
+    put(headers, &names.token_id, &record.id);
+    put(headers, &names.token_prefix, &record.prefix);
+    put(headers, &names.token_type, record.kind.as_str());
+    if let Some(org) = &record.org_id {
+        put(headers, &names.org_id, org);
+    }
+    if let Some(project) = &record.project_id {
+        put(headers, &names.project_id, project);
+    }
+    put(headers, &names.scopes, &record.scopes.join(","));
+    put(headers, &names.permissions, &record.permissions.join(","));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_identity_headers_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.insert("X-Auth-User-Id", HeaderValue::from_static("evil"));
+        h.insert("x-AUTH-anything", HeaderValue::from_static("evil"));
+        h.append("x-auth-user-id", HeaderValue::from_static("evil2"));
+        h.insert("x-authority", HeaderValue::from_static("kept"));
+        h.insert("accept", HeaderValue::from_static("kept"));
+        strip_identity(&mut h, "x-auth-");
+        assert_eq!(h.len(), 2);
+        assert!(h.contains_key("x-authority"));
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peer_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        let host = HeaderValue::from_static("api.example.com");
+        set_forwarded(
+            &mut h,
+            "203.0.113.5".parse().unwrap(),
+            false,
+            "http",
+            Some(&host),
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert!(!h.contains_key("forwarded"));
+
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, "http", None);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.0.0.1");
+    }
+}

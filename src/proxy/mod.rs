@@ -1,0 +1,396 @@
+//! The data plane: one request's life cycle, as named phases (pingora style).
+//!
+//! 1. `request_filter` — strip client identity headers (every route), normalise the
+//!    path, resolve the client IP.
+//! 2. whoami — `GET <whoami_path>` is answered by patgate for a valid token.
+//! 3. `route` — host / longest prefix / method; none → 404 `No route`.
+//! 4. `authenticate` — the [`crate::auth`] pipeline for `auth: required` routes.
+//! 5. `upstream_request_filter` — hop-by-hop removal, `Authorization` removal,
+//!    `X-Forwarded-*`, identity injection, body limit.
+//! 6. `forward` — stream to the upstream via its pooled client.
+//! 7. `response_filter` — hop-by-hop removal, `RateLimit-*` headers.
+//! 8. `logging` — one access-log line (never a secret), usage counting.
+//!
+//! Any failure in 2-6 is a [`GatewayError`] turned into a response in one place.
+
+pub mod headers;
+pub mod path;
+pub mod router;
+pub mod upstream;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::auth::{self, Deny, Identity, RequestFacts};
+use crate::body::{self, Body};
+use crate::cache::TokenCache;
+use crate::client_ip;
+use crate::config::{AuthMode, Settings};
+use crate::error::{GatewayError, json_response};
+use crate::ratelimit::RateLimiters;
+use crate::usage::UsageRecorder;
+use router::{RouteEntry, Router};
+use upstream::UpstreamPool;
+
+/// Everything derived from one config generation (swapped whole on reload).
+pub struct Runtime {
+    /// The settings.
+    pub settings: Arc<Settings>,
+    /// The routing table.
+    pub router: Router,
+    /// Rate limiters (per replica).
+    pub limiters: RateLimiters,
+}
+
+impl Runtime {
+    /// Builds routes, pools and limiters from `settings`.
+    pub fn new(settings: Arc<Settings>) -> Self {
+        let mut pools: BTreeMap<String, Arc<UpstreamPool>> = BTreeMap::new();
+        let entries = settings
+            .routes
+            .iter()
+            .map(|route| {
+                let pool = pools
+                    .entry(route.upstream.name.clone())
+                    .or_insert_with(|| {
+                        Arc::new(UpstreamPool::new(
+                            (*route.upstream).clone(),
+                            settings.timeouts.idle,
+                        ))
+                    })
+                    .clone();
+                RouteEntry {
+                    route: route.clone(),
+                    pool,
+                }
+            })
+            .collect();
+        Runtime {
+            router: Router::new(entries),
+            limiters: RateLimiters::new(settings.rate_limit.default),
+            settings,
+        }
+    }
+}
+
+/// Facts about the connection a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// Socket peer.
+    pub peer: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+}
+
+/// The data-plane service shared by every connection.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    cache: TokenCache,
+    usage: Arc<UsageRecorder>,
+}
+
+/// What the access log needs to know about a request.
+struct Outcome<'a> {
+    route: &'a str,
+    status: StatusCode,
+    identity: Option<&'a Identity>,
+    deny: Option<&'static str>,
+}
+
+impl Gateway {
+    /// A gateway over `cache` with the given settings.
+    pub fn new(settings: Arc<Settings>, cache: TokenCache, usage: Arc<UsageRecorder>) -> Self {
+        Gateway {
+            runtime: ArcSwap::from_pointee(Runtime::new(settings)),
+            cache,
+            usage,
+        }
+    }
+
+    /// The current runtime (config generation).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Installs a new config generation; in-flight requests finish on the old one.
+    pub fn reload(&self, settings: Arc<Settings>) {
+        self.runtime.store(Arc::new(Runtime::new(settings)));
+    }
+
+    /// The token cache.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// The usage recorder.
+    pub fn usage(&self) -> &Arc<UsageRecorder> {
+        &self.usage
+    }
+
+    /// Handles one request end to end. Never fails: every error is a response.
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let rt = self.runtime.load_full();
+        let settings = &rt.settings;
+
+        // request_filter
+        headers::strip_identity(req.headers_mut(), &settings.identity_headers.prefix);
+        let trusted = &settings.client_ip.trusted_proxies;
+        let client_ip = client_ip::resolve(conn.peer.ip(), req.headers(), trusted);
+        let method = req.method().clone();
+
+        let result = self.route_and_forward(&rt, req, conn, client_ip).await;
+        let (resp, route_name, identity, deny) = match result {
+            Ok((resp, route, identity)) => (resp, route, identity, None),
+            Err((err, route, identity)) => {
+                let parts = err.parts(&settings.tokens.prefix);
+                let reason = parts.reason;
+                if let GatewayError::UpstreamUnavailable(detail) = &err {
+                    tracing::warn!(route = %route, error = %detail, "upstream request failed");
+                }
+                let mut resp = parts.into_response();
+                if let Some(rate) = identity.as_ref().and_then(|i| i.rate) {
+                    rate.apply(resp.headers_mut());
+                }
+                (resp, route, identity, Some(reason))
+            }
+        };
+        if let Some(id) = &identity {
+            self.usage.record(&id.record().id, jiff::Timestamp::now());
+        }
+        if settings.logging.access_log {
+            access_log(
+                &method,
+                client_ip,
+                started,
+                Outcome {
+                    route: &route_name,
+                    status: resp.status(),
+                    identity: identity.as_ref(),
+                    deny,
+                },
+            );
+        }
+        resp
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn route_and_forward(
+        &self,
+        rt: &Runtime,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        client_ip: IpAddr,
+    ) -> Result<(Response<Body>, String, Option<Identity>), (GatewayError, String, Option<Identity>)>
+    {
+        let settings = &rt.settings;
+        let Some(norm) = path::normalize(req.uri().path()) else {
+            return Err((
+                GatewayError::BadRequest("Invalid request path"),
+                String::new(),
+                None,
+            ));
+        };
+        let norm = norm.into_owned();
+
+        // whoami
+        if norm == settings.whoami_path {
+            let facts = RequestFacts {
+                headers: req.headers(),
+                method: req.method(),
+                path: &norm,
+                client_ip,
+            };
+            return match auth::authenticate(
+                facts,
+                None,
+                &settings.tokens,
+                &self.cache,
+                &rt.limiters,
+            )
+            .await
+            {
+                Ok(identity) => {
+                    let resp = whoami(&identity);
+                    Ok((resp, "whoami".into(), Some(identity)))
+                }
+                Err(d) => Err((GatewayError::Denied(d), "whoami".into(), None)),
+            };
+        }
+
+        // route
+        let host_header = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok());
+        let host = router::request_host(req.uri().host(), host_header);
+        let Some(entry) = rt.router.find(host.as_deref(), &norm, req.method()) else {
+            return Err((GatewayError::NoRoute, String::new(), None));
+        };
+        let route = &entry.route;
+        let route_name = route.name.clone();
+
+        // authenticate
+        let identity = match route.auth {
+            AuthMode::None => None,
+            AuthMode::Required => {
+                let facts = RequestFacts {
+                    headers: req.headers(),
+                    method: req.method(),
+                    path: &norm,
+                    client_ip,
+                };
+                match auth::authenticate(
+                    facts,
+                    Some(route),
+                    &settings.tokens,
+                    &self.cache,
+                    &rt.limiters,
+                )
+                .await
+                {
+                    Ok(i) => Some(i),
+                    Err(d) => return Err((GatewayError::Denied(d), route_name, None)),
+                }
+            }
+        };
+
+        // upstream_request_filter
+        let (mut parts, incoming) = req.into_parts();
+        let peer_trusted = client_ip::contains(&settings.client_ip.trusted_proxies, conn.peer.ip());
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if !settings.forward_authorization {
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        headers::set_forwarded(
+            &mut parts.headers,
+            client_ip::canonical(conn.peer.ip()),
+            peer_trusted,
+            conn.scheme,
+            original_host.as_ref(),
+        );
+        if let Some(id) = &identity {
+            headers::inject_identity(&mut parts.headers, &settings.identity_headers, id.record());
+        }
+        if let Some(h) = original_host {
+            parts.headers.insert(header::HOST, h);
+        }
+        let fwd_path = if route.strip_prefix {
+            let rest = &norm[route.path_prefix.len().min(norm.len())..];
+            if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            }
+        } else {
+            norm.clone()
+        };
+        let target = match entry.pool.target(&fwd_path, parts.uri.query()) {
+            Ok(t) => t,
+            Err(e) => return Err((e, route_name, identity)),
+        };
+        let limit = route.max_body_bytes;
+        if let Some(len) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > limit
+        {
+            return Err((GatewayError::BodyTooLarge, route_name, identity));
+        }
+        let tripped = Arc::new(AtomicBool::new(false));
+        let body = body::boxed(body::Limited::new(incoming, limit, tripped.clone()));
+        parts.uri = target;
+        parts.version = http::Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, body);
+
+        // forward
+        let resp = match entry.pool.send(upstream_req).await {
+            Ok(r) => r,
+            Err(e) => {
+                let e = if tripped.load(Ordering::Relaxed) {
+                    GatewayError::BodyTooLarge
+                } else {
+                    e
+                };
+                return Err((e, route_name, identity));
+            }
+        };
+
+        // response_filter
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers);
+        if let Some(rate) = identity.as_ref().and_then(|i| i.rate) {
+            rate.apply(&mut rparts.headers);
+        }
+        Ok((
+            Response::from_parts(rparts, body::boxed(rbody)),
+            route_name,
+            identity,
+        ))
+    }
+}
+
+/// The whoami document.
+fn whoami(identity: &Identity) -> Response<Body> {
+    let r = identity.record();
+    let doc = serde_json::json!({
+        "userId": r.owner_id,
+        "orgId": r.org_id,
+        "projectId": r.project_id,
+        "tokenId": r.id,
+        "prefix": r.prefix,
+        "name": r.name,
+        "type": r.kind,
+        "scopes": r.scopes,
+        "permissions": r.permissions,
+        "authMethod": "pat",
+        "expiresAt": r.expires_at,
+        "rateLimit": identity.rate.map(|h| h.to_json()),
+    });
+    let mut resp = json_response(StatusCode::OK, Bytes::from(doc.to_string()));
+    if let Some(rate) = identity.rate {
+        rate.apply(resp.headers_mut());
+    }
+    resp
+}
+
+fn access_log(method: &Method, client_ip: IpAddr, started: Instant, o: Outcome<'_>) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (token_id, token_prefix) = o
+        .identity
+        .map(|i| (i.record().id.as_str(), i.record().prefix.as_str()))
+        .unwrap_or(("", ""));
+    tracing::info!(
+        target: "patgate::access",
+        method = %method,
+        route = o.route,
+        status = o.status.as_u16(),
+        duration_ms = ms,
+        client.ip = %client_ip,
+        token.id = token_id,
+        token.prefix = token_prefix,
+        deny.reason = o.deny.unwrap_or(""),
+        "request"
+    );
+}
+
+/// Reasons with their response status, exported for tests and docs.
+pub fn deny_status(d: &Deny, prefix: &str) -> StatusCode {
+    GatewayError::Denied(d.clone()).parts(prefix).status
+}

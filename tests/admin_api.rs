@@ -1,0 +1,348 @@
+//! The admin API against the real binary and a real Redis: caller authentication,
+//! validation (400 naming the field), CRUD, listing, import, regenerate, audit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::admin::AdminApi;
+use common::gateway::GatewayProcess;
+use common::redis::RedisServer;
+use common::upstream::Upstream;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn config(redis: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+store:
+  backend: redis
+  redis:
+    url: "{redis}"
+tokens:
+  prefix: pat_
+  default_expiry: 30d
+  max_expiry: 400d
+  accept_foreign: true
+  foreign_prefixes: [ghp_]
+  creation_limit: 3
+routes:
+  - name: all
+    path_prefix: /
+    upstream: "{upstream}"
+{extra}
+"#
+    )
+}
+
+struct Env {
+    _redis: RedisServer,
+    _upstream: Upstream,
+    gw: GatewayProcess,
+    admin: AdminApi,
+}
+
+async fn env() -> Env {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::start(&config(&redis.url(), &upstream.url(), ""));
+    let admin = AdminApi::new(&gw.admin_url);
+    Env {
+        _redis: redis,
+        _upstream: upstream,
+        gw,
+        admin,
+    }
+}
+
+async fn status_with(url: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn callers_without_a_valid_admin_key_get_401() {
+    let e = env().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/tokens", e.gw.admin_url);
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("Bearer"));
+    let r = http.get(&url).bearer_auth("pgadm_wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "Invalid admin credentials");
+    // Health endpoints need no key.
+    assert_eq!(http.get(format!("{}/healthz", e.gw.admin_url)).send().await.unwrap().status(), 200);
+    let r = http.get(format!("{}/readyz", e.gw.admin_url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["checks"]["store"], "ok");
+}
+
+#[tokio::test]
+async fn create_returns_the_secret_once_and_records_never_hold_it() {
+    let e = env().await;
+    let (token, record) = e
+        .admin
+        .create(json!({
+            "name": "ci", "description": "deploys", "ownerId": "u1", "orgId": "o1",
+            "scopes": ["documents"], "permissions": ["read"], "ipAllowlist": ["10.0.0.0/8", "192.0.2.1"],
+            "rateLimit": {"requests": 5, "perSeconds": 1, "burst": 10}, "metadata": {"team": "infra"}
+        }))
+        .await;
+    assert!(token.starts_with("pat_") && token.len() == 47);
+    patgate::token::parse(&token, "pat_").unwrap();
+    for field in [
+        "id", "name", "description", "prefix", "type", "ownerId", "orgId", "projectId", "permissions",
+        "scopes", "createdAt", "createdBy", "expiresAt", "isActive", "revokedAt", "lastUsedAt",
+        "usageCount", "ipAllowlist", "rateLimit", "metadata",
+    ] {
+        assert!(record.get(field).is_some(), "record lacks {field}: {record}");
+    }
+    assert_eq!(record["createdBy"], "admin:test");
+    assert_eq!(record["ipAllowlist"], json!(["10.0.0.0/8", "192.0.2.1/32"]));
+    assert_eq!(record["rateLimit"], json!({"requests": 5, "perSeconds": 1, "burst": 10}));
+    // Default expiry 30 d.
+    let exp: jiff::Timestamp = record["expiresAt"].as_str().unwrap().parse().unwrap();
+    let days = (exp - jiff::Timestamp::now()).get_seconds() / 86400;
+    assert!((29..=30).contains(&days), "{days}");
+    let id = record["id"].as_str().unwrap();
+    let (s, got) = e.admin.call(Method::GET, &format!("/v1/tokens/{id}"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(got, record);
+    let (_, list) = e.admin.call(Method::GET, "/v1/tokens", None).await;
+    let text = list.to_string();
+    assert!(!text.contains(&token[12..]), "a listing must never contain a secret");
+    assert!(!got.to_string().contains(&token[12..]));
+    let (s, _) = e.admin.call(Method::GET, "/v1/tokens/nope", None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn validation_errors_are_400_naming_the_field() {
+    let e = env().await;
+    let far = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 500)).to_string();
+    let past = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)).to_string();
+    let cases = [
+        (json!({"ownerId": "u"}), "name"),
+        (json!({"name": "", "ownerId": "u"}), "name"),
+        (json!({"name": "x".repeat(101), "ownerId": "u"}), "name"),
+        (json!({"name": "n", "ownerId": "u", "description": "d".repeat(501)}), "description"),
+        (json!({"name": "n"}), "ownerId"),
+        (json!({"name": "n", "ownerId": "u", "ipAllowlist": ["999.1.1.1"]}), "ipAllowlist"),
+        (json!({"name": "n", "ownerId": "u", "expiresAt": far}), "expiresAt"),
+        (json!({"name": "n", "ownerId": "u", "expiresAt": past}), "expiresAt"),
+        (json!({"name": "n", "ownerId": "u", "expiresAt": null}), "expiresAt"),
+        (json!({"name": "n", "ownerId": "u", "type": "project"}), "projectId"),
+        (json!({"name": "n", "ownerId": "u", "rateLimit": {"requests": 0, "perSeconds": 1}}), "rateLimit"),
+        (json!({"name": "n", "ownerId": "u", "bogus": 1}), "bogus"),
+    ];
+    for (body, field) in cases {
+        let (s, resp) = e.admin.call(Method::POST, "/v1/tokens", Some(body.clone())).await;
+        assert_eq!(s, 400, "{body}: {resp}");
+        assert_eq!(resp["field"], field, "{body}: {resp}");
+        assert!(resp["error"].as_str().unwrap().starts_with(&format!("{field}: ")), "{resp}");
+    }
+    // Not JSON at all.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/tokens", e.gw.admin_url))
+        .bearer_auth(common::gateway::ADMIN_KEY)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "body");
+}
+
+#[tokio::test]
+async fn creation_limit_per_owner_is_429_with_retry_after() {
+    let e = env().await;
+    for _ in 0..3 {
+        e.admin.create(json!({"name": "n", "ownerId": "limited"})).await;
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/tokens", e.gw.admin_url))
+        .bearer_auth(common::gateway::ADMIN_KEY)
+        .json(&json!({"name": "n", "ownerId": "limited"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"],
+        "Too many tokens created recently. Try again in an hour."
+    );
+    // Another owner is not affected.
+    e.admin.create(json!({"name": "n", "ownerId": "other"})).await;
+}
+
+#[tokio::test]
+async fn list_filters_and_cursor_paging() {
+    let e = env().await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let owner = format!("owner-{}", i % 2);
+        let kind = if i == 6 { json!({"type": "project", "projectId": "p9"}) } else { json!({}) };
+        let mut body = json!({"name": format!("token {i}"), "ownerId": owner, "description": if i == 3 { "the needle" } else { "hay" }});
+        body.as_object_mut().unwrap().extend(kind.as_object().unwrap().clone());
+        let (_, r) = e.admin.create(body).await;
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    // Pages of 3 walk every token once, in creation order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/tokens?limit=3&cursor={c}"),
+            None => "/v1/tokens?limit=3".into(),
+        };
+        let (s, page) = e.admin.call(Method::GET, &path, None).await;
+        assert_eq!(s, 200, "{page}");
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["id"].as_str().unwrap().to_string());
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let count = |v: &Value| v["items"].as_array().unwrap().len();
+    let (_, p) = e.admin.call(Method::GET, "/v1/tokens?ownerId=owner-1", None).await;
+    assert_eq!(count(&p), 3);
+    let (_, p) = e.admin.call(Method::GET, "/v1/tokens?type=project", None).await;
+    assert_eq!(count(&p), 1);
+    let (_, p) = e.admin.call(Method::GET, "/v1/tokens?projectId=p9", None).await;
+    assert_eq!(count(&p), 1);
+    let (_, p) = e.admin.call(Method::GET, "/v1/tokens?q=NEEDLE", None).await;
+    assert_eq!(count(&p), 1);
+    e.admin.post(&format!("/v1/tokens/{}/deactivate", ids[0])).await;
+    let (_, p) = e.admin.call(Method::GET, "/v1/tokens?active=false", None).await;
+    assert_eq!(count(&p), 1);
+    let (_, p) = e.admin.call(Method::GET, "/v1/tokens?active=true", None).await;
+    assert_eq!(count(&p), 6);
+    let (_, p) = e.admin.call(Method::GET, "/v1/tokens?expiringWithinDays=31", None).await;
+    assert_eq!(count(&p), 7);
+    let (_, p) = e.admin.call(Method::GET, "/v1/tokens?expiringWithinDays=7", None).await;
+    assert_eq!(count(&p), 0);
+    let (s, p) = e.admin.call(Method::GET, "/v1/tokens?limit=0", None).await;
+    assert_eq!((s, p["field"].as_str()), (400, Some("limit")));
+}
+
+#[tokio::test]
+async fn update_changes_fields_without_rotating_the_secret() {
+    let e = env().await;
+    let (token, record) = e.admin.create(json!({"name": "n", "ownerId": "u", "scopes": ["a"]})).await;
+    let id = record["id"].as_str().unwrap();
+    let url = format!("{}/whatever", e.gw.url);
+    assert_eq!(status_with(&url, &token).await, 200);
+    let (s, updated) = e
+        .admin
+        .call(
+            Method::PATCH,
+            &format!("/v1/tokens/{id}"),
+            Some(json!({"name": "renamed", "ipWhitelist": ["10.0.0.0/8"], "metadata": {"k": "v"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{updated}");
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(updated["prefix"], record["prefix"]);
+    assert_eq!(updated["metadata"], json!({"k": "v"}));
+    // The allowlist now excludes 127.0.0.1: enforced at once.
+    assert_eq!(status_with(&url, &token).await, 403);
+    let (s, resp) = e
+        .admin
+        .call(Method::PATCH, &format!("/v1/tokens/{id}"), Some(json!({"name": ""})))
+        .await;
+    assert_eq!((s, resp["field"].as_str()), (400, Some("name")));
+}
+
+#[tokio::test]
+async fn regenerate_with_and_without_grace_and_import_of_foreign_hashes() {
+    let e = env().await;
+    let (old, record) = e.admin.create(json!({"name": "n", "ownerId": "u"})).await;
+    let id = record["id"].as_str().unwrap();
+    let url = format!("{}/x", e.gw.url);
+    assert_eq!(status_with(&url, &old).await, 200);
+    let (s, resp) = e
+        .admin
+        .call(Method::POST, &format!("/v1/tokens/{id}/regenerate"), Some(json!({"gracePeriodSeconds": 2})))
+        .await;
+    assert_eq!(s, 200, "{resp}");
+    let new = resp["token"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(resp["record"]["id"], record["id"]);
+    assert_eq!(resp["record"]["prefix"], &new[..12]);
+    assert_eq!(status_with(&url, &new).await, 200);
+    assert_eq!(status_with(&url, &old).await, 200, "old secret valid during grace");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(status_with(&url, &old).await, 401, "old secret invalid after grace");
+    assert_eq!(status_with(&url, &new).await, 200);
+    // Zero grace: invalid at once.
+    let (_, resp) = e
+        .admin
+        .call(Method::POST, &format!("/v1/tokens/{id}/regenerate"), Some(json!({"gracePeriodSeconds": 0})))
+        .await;
+    let newer = resp["token"].as_str().unwrap().to_string();
+    assert_eq!(status_with(&url, &new).await, 401);
+    assert_eq!(status_with(&url, &newer).await, 200);
+    let (s, resp) = e
+        .admin
+        .call(Method::POST, &format!("/v1/tokens/{id}/regenerate"), Some(json!({"gracePeriodSeconds": 999999})))
+        .await;
+    assert_eq!((s, resp["field"].as_str()), (400, Some("gracePeriodSeconds")));
+
+    // Import: a legacy token keeps working through its SHA-256.
+    let legacy = "ghp_legacyToken0123456789";
+    common::secrets::register(legacy);
+    let sha = patgate::token::TokenHash::of(legacy).to_hex();
+    let (s, resp) = e
+        .admin
+        .call(Method::POST, "/v1/tokens/import", Some(json!({"sha256": sha, "name": "legacy", "ownerId": "u", "prefix": "ghp_legacyTo"})))
+        .await;
+    assert_eq!(s, 201, "{resp}");
+    assert_eq!(resp["record"]["prefix"], "ghp_legacyTo");
+    assert_eq!(status_with(&url, legacy).await, 200);
+    let (s, _) = e
+        .admin
+        .call(Method::POST, "/v1/tokens/import", Some(json!({"sha256": sha, "name": "again", "ownerId": "u"})))
+        .await;
+    assert_eq!(s, 409);
+    let (s, resp) = e
+        .admin
+        .call(Method::POST, "/v1/tokens/import", Some(json!({"sha256": "abc", "name": "x", "ownerId": "u"})))
+        .await;
+    assert_eq!((s, resp["field"].as_str()), (400, Some("sha256")));
+}
+
+#[tokio::test]
+async fn audit_trail_records_every_action_without_secrets() {
+    let e = env().await;
+    let (token, record) = e.admin.create(json!({"name": "n", "ownerId": "u"})).await;
+    let id = record["id"].as_str().unwrap();
+    e.admin.post(&format!("/v1/tokens/{id}/deactivate")).await;
+    e.admin.call(Method::PATCH, &format!("/v1/tokens/{id}"), Some(json!({"name": "m"}))).await;
+    e.admin.post(&format!("/v1/tokens/{id}/revoke")).await;
+    e.admin.post("/v1/owners/u/disable").await;
+    let (s, audit) = e.admin.call(Method::GET, &format!("/v1/audit?tokenId={id}"), None).await;
+    assert_eq!(s, 200);
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|ev| ev["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["token.revoke", "token.update", "token.deactivate", "token.create"]);
+    let update = &audit["items"][1];
+    assert_eq!(update["details"]["fields"], json!(["name"]));
+    assert_eq!(update["actor"], "admin:test");
+    assert_eq!(update["sourceIp"], "127.0.0.1");
+    let (_, all) = e.admin.call(Method::GET, "/v1/audit?actor=admin:test&limit=1", None).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 1);
+    assert_eq!(all["items"][0]["action"], "owner.disable");
+    assert!(all["nextCursor"].is_string());
+    assert!(!audit.to_string().contains(&token[12..]));
+}

@@ -1,0 +1,115 @@
+//! A real HTTP upstream on port 0 for integration tests.
+//!
+//! - any path: answers 200 with JSON `{method, uri, headers, bodyBytes}` (the request
+//!   body is read fully and counted, never kept);
+//! - `.../delay/<ms>...`: sleeps first (for 504 tests);
+//! - `.../stream/<bytes>...`: streams that many bytes back in 64 KiB chunks.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, stream};
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts the upstream on 127.0.0.1:0.
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(handle))
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, task }
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn number_after(path: &str, marker: &str) -> Option<u64> {
+    let rest = &path[path.find(marker)? + marker.len()..];
+    rest.split('/').next()?.parse().ok()
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    if let Some(ms) = number_after(&path, "/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(n) = number_after(&path, "/stream/") {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let full = n / chunk.len() as u64;
+        let rest = (n % chunk.len() as u64) as usize;
+        let s = stream::iter((0..full).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))))
+            .chain(stream::iter(
+                (rest > 0).then(|| Ok(Frame::data(Bytes::from(vec![b'y'; rest])))),
+            ));
+        let body = BoxBody::new(StreamBody::new(s));
+        return Ok(Response::new(body));
+    }
+    let (parts, body) = req.into_parts();
+    let mut n = 0u64;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    n += d.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let doc = serde_json::json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "headers": headers,
+        "bodyBytes": n,
+    });
+    let body = http_body_util::Full::new(Bytes::from(doc.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .header("connection", "keep-alive, x-upstream-hop")
+        .header("x-upstream-hop", "must be stripped")
+        .body(body)
+        .expect("static response"))
+}
+

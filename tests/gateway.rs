@@ -1,0 +1,586 @@
+//! End-to-end: the real `patgate` binary against a real `redis-server` and a real
+//! upstream. Covers every row of SPEC §3, header hygiene, client IP handling,
+//! cross-replica revocation, Redis outages and streaming.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::admin::AdminApi;
+use common::gateway::GatewayProcess;
+use common::redis::RedisServer;
+use common::upstream::Upstream;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const MISSING: &str = "Missing or invalid PAT. Expected Authorization: Bearer pat_...";
+
+fn config(redis_url: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+store:
+  backend: redis
+  redis:
+    url: "{redis_url}"
+tokens:
+  prefix: pat_
+  default_expiry: 30d
+  creation_limit: 0
+rate_limit:
+  mode: local
+  default:
+    requests: 1000
+    per_seconds: 1
+    burst: 1000
+upstreams:
+  app:
+    url: "{upstream}"
+routes:
+  - name: api
+    path_prefix: /api/
+    upstream: app
+    require:
+      scopes: [documents]
+      permissions: [read]
+  - name: writes
+    path_prefix: /rw/
+    upstream: app
+    permissions_by_method: true
+  - name: projects
+    path_prefix: /v1/projects/
+    upstream: app
+    project_param: "/v1/projects/{{project}}"
+  - name: health
+    path_prefix: /health
+    upstream: app
+    auth: none
+  - name: slow
+    path_prefix: /delay/
+    upstream: app
+  - name: dead
+    path_prefix: /dead/
+    upstream: http://127.0.0.1:9
+{extra}
+"#
+    )
+}
+
+struct Env {
+    redis: RedisServer,
+    _upstream: Upstream,
+    gw: GatewayProcess,
+    admin: AdminApi,
+    http: reqwest::Client,
+}
+
+async fn env_with(extra: &str) -> Env {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::start(&config(&redis.url(), &upstream.url(), extra));
+    let admin = AdminApi::new(&gw.admin_url);
+    Env {
+        redis,
+        _upstream: upstream,
+        gw,
+        admin,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn env() -> Env {
+    env_with("").await
+}
+
+fn reader() -> Value {
+    json!({"name": "reader", "ownerId": "user-42", "scopes": ["documents"], "permissions": ["read"]})
+}
+
+impl Env {
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.get(format!("{}{}", self.gw.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, json)
+    }
+
+    async fn expect_error(&self, path: &str, token: Option<&str>, status: u16, message: &str) {
+        let (s, h, body) = self.get(path, token).await;
+        assert_eq!(s.as_u16(), status, "{path}: {body}");
+        assert_eq!(body["error"], message, "{path}");
+        assert_eq!(h["content-type"], "application/json");
+        if status == 401 {
+            let www = h["www-authenticate"].to_str().unwrap();
+            if token.is_some() {
+                assert_eq!(www, r#"Bearer realm="patgate", error="invalid_token""#);
+            } else {
+                assert_eq!(www, r#"Bearer realm="patgate""#);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn valid_token_reaches_upstream_with_identity_headers() {
+    let e = env().await;
+    let (token, record) = e
+        .admin
+        .create(json!({
+            "name": "full", "ownerId": "user-42", "orgId": "org-1", "projectId": "p-1",
+            "scopes": ["documents", "billing"], "permissions": ["read", "write"]
+        }))
+        .await;
+    let (s, h, body) = e.get("/api/docs?x=1", Some(&token)).await;
+    assert_eq!(s, 200, "{body}");
+    let up = &body["headers"];
+    assert_eq!(body["uri"], "/api/docs?x=1");
+    assert_eq!(up["x-auth-user-id"], "user-42");
+    assert_eq!(up["x-auth-token-id"], record["id"]);
+    assert_eq!(up["x-auth-token-prefix"], &token[..12]);
+    assert_eq!(up["x-auth-token-type"], "user");
+    assert_eq!(up["x-auth-org-id"], "org-1");
+    assert_eq!(up["x-auth-project-id"], "p-1");
+    assert_eq!(up["x-auth-scopes"], "documents,billing");
+    assert_eq!(up["x-auth-permissions"], "read,write");
+    assert!(up.get("authorization").is_none(), "Authorization must not be forwarded");
+    assert_eq!(up["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(up["x-forwarded-proto"], "http");
+    assert!(up["x-forwarded-host"].as_str().unwrap().starts_with("127.0.0.1:"));
+    // Rate-limit headers on allowed responses; hop-by-hop headers of the upstream dropped.
+    assert_eq!(h["ratelimit-limit"], "1000");
+    assert!(h.contains_key("ratelimit-remaining"));
+    assert!(h.contains_key("ratelimit-reset"));
+    assert!(!h.contains_key("x-upstream-hop"));
+    assert_eq!(record["prefix"], &token[..12]);
+}
+
+#[tokio::test]
+async fn every_malformed_credential_is_rejected_before_lookup() {
+    let e = env().await;
+    let (token, _) = e.admin.create(reader()).await;
+    e.expect_error("/api/x", None, 401, MISSING).await;
+    let (s, h, b) = e
+        .http
+        .get(format!("{}/api/x", e.gw.url))
+        .basic_auth("u", Some("p"))
+        .send()
+        .await
+        .map(|r| (r.status(), r.headers().clone(), r))
+        .unwrap();
+    assert_eq!(s, 401);
+    assert_eq!(h["www-authenticate"], r#"Bearer realm="patgate""#);
+    assert_eq!(b.json::<Value>().await.unwrap()["error"], MISSING);
+    let mut flipped = token.clone().into_bytes();
+    let last = flipped.len() - 1;
+    flipped[last] = if flipped[last] == b'a' { b'b' } else { b'a' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for bad in [
+        format!("ghp_{}", &token[4..]),
+        token[..token.len() - 1].to_string(),
+        flipped,
+        "pat_short".to_string(),
+    ] {
+        e.expect_error("/api/x", Some(&bad), 401, MISSING).await;
+    }
+    // A well-formed token that does not exist.
+    let unknown = patgate::token::generate("pat_").unwrap();
+    e.expect_error("/api/x", Some(&unknown), 401, "Invalid PAT").await;
+    // Checksum failures never reached Redis: its command stats show one GET per
+    // unknown well-formed token at most, and none for the malformed ones.
+    let info = e.redis.cli(&["INFO", "commandstats"]);
+    let gets = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_get:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(gets <= 2, "malformed tokens must not reach the store (GET calls: {gets})");
+}
+
+#[tokio::test]
+async fn token_states_revoked_expired_inactive_owner_disabled() {
+    let e = env().await;
+    // revoked
+    let (t1, r1) = e.admin.create(reader()).await;
+    assert_eq!(e.get("/api/x", Some(&t1)).await.0, 200);
+    let (s, _) = e.admin.post(&format!("/v1/tokens/{}/revoke", r1["id"].as_str().unwrap())).await;
+    assert_eq!(s, 200);
+    e.expect_error("/api/x", Some(&t1), 401, "PAT has been revoked").await;
+
+    // inactive, then active again
+    let (t2, r2) = e.admin.create(reader()).await;
+    let id2 = r2["id"].as_str().unwrap();
+    assert_eq!(e.get("/api/x", Some(&t2)).await.0, 200);
+    assert_eq!(e.admin.post(&format!("/v1/tokens/{id2}/deactivate")).await.0, 200);
+    e.expect_error("/api/x", Some(&t2), 401, "PAT is inactive").await;
+    assert_eq!(e.admin.post(&format!("/v1/tokens/{id2}/activate")).await.0, 200);
+    assert_eq!(e.get("/api/x", Some(&t2)).await.0, 200);
+
+    // owner disabled, then enabled
+    assert_eq!(e.admin.post("/v1/owners/user-42/disable").await.0, 200);
+    e.expect_error("/api/x", Some(&t2), 401, "PAT is inactive").await;
+    assert_eq!(e.admin.post("/v1/owners/user-42/enable").await.0, 200);
+    assert_eq!(e.get("/api/x", Some(&t2)).await.0, 200);
+
+    // expired: cached first, then the clock passes expiresAt
+    let soon = (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(1500)).to_string();
+    let mut body = reader();
+    body["expiresAt"] = json!(soon);
+    let (t3, _) = e.admin.create(body).await;
+    assert_eq!(e.get("/api/x", Some(&t3)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    e.expect_error("/api/x", Some(&t3), 401, "PAT has expired").await;
+
+    // deleted
+    let (t4, r4) = e.admin.create(reader()).await;
+    assert_eq!(e.get("/api/x", Some(&t4)).await.0, 200);
+    let (s, _) = e
+        .admin
+        .call(reqwest::Method::DELETE, &format!("/v1/tokens/{}", r4["id"].as_str().unwrap()), None)
+        .await;
+    assert_eq!(s, 204);
+    e.expect_error("/api/x", Some(&t4), 401, "Invalid PAT").await;
+}
+
+#[tokio::test]
+async fn route_policy_scopes_permissions_methods_and_project_binding() {
+    let e = env().await;
+    let (no_scope, _) = e
+        .admin
+        .create(json!({"name": "n", "ownerId": "u1", "permissions": ["read"]}))
+        .await;
+    e.expect_error("/api/x", Some(&no_scope), 403, "PAT lacks required scope: documents").await;
+    let (no_perm, _) = e
+        .admin
+        .create(json!({"name": "n", "ownerId": "u1", "scopes": ["documents"]}))
+        .await;
+    e.expect_error("/api/x", Some(&no_perm), 403, "PAT lacks required permission: read").await;
+
+    // permissions_by_method: GET needs read, POST needs write.
+    let (read_only, _) = e
+        .admin
+        .create(json!({"name": "n", "ownerId": "u1", "permissions": ["read"]}))
+        .await;
+    assert_eq!(e.get("/rw/thing", Some(&read_only)).await.0, 200);
+    let resp = e
+        .http
+        .post(format!("{}/rw/thing", e.gw.url))
+        .bearer_auth(&read_only)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "PAT lacks required permission: write");
+
+    // project binding
+    let (proj, _) = e
+        .admin
+        .create(json!({"name": "p", "ownerId": "u1", "type": "project", "projectId": "p-1"}))
+        .await;
+    assert_eq!(e.get("/v1/projects/p-1/docs", Some(&proj)).await.0, 200);
+    e.expect_error("/v1/projects/p-2/docs", Some(&proj), 403, "PAT is not valid for this project").await;
+}
+
+#[tokio::test]
+async fn ip_allowlist_and_spoofed_forwarded_for_from_untrusted_peer() {
+    let e = env().await;
+    let (other_net, _) = e
+        .admin
+        .create(json!({"name": "n", "ownerId": "u1", "ipAllowlist": ["10.0.0.0/8"]}))
+        .await;
+    // The peer (127.0.0.1) is not a trusted proxy: its X-Forwarded-For is ignored.
+    let resp = e
+        .http
+        .get(format!("{}/delay/0", e.gw.url))
+        .bearer_auth(&other_net)
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "IP address not allowed for this PAT");
+    let (loopback, _) = e
+        .admin
+        .create(json!({"name": "n", "ownerId": "u1", "ipWhitelist": ["127.0.0.1"]}))
+        .await;
+    let resp = e
+        .http
+        .get(format!("{}/delay/0", e.gw.url))
+        .bearer_auth(&loopback)
+        .header("x-forwarded-for", "10.1.2.3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1", "spoofed XFF must be replaced");
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let e = env_with("client_ip:\n  trusted_proxies: [127.0.0.0/8]\n").await;
+    let (token, _) = e
+        .admin
+        .create(json!({"name": "n", "ownerId": "u1", "ipAllowlist": ["203.0.113.0/24"]}))
+        .await;
+    let send = |xff: &'static str| {
+        e.http
+            .get(format!("{}/delay/0", e.gw.url))
+            .bearer_auth(&token)
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    assert_eq!(send("203.0.113.7").await.unwrap().status(), 200);
+    // Right-most untrusted entry wins: a client cannot prepend its way in.
+    assert_eq!(send("203.0.113.7, 198.51.100.1").await.unwrap().status(), 403);
+    let resp = send("198.51.100.1, 203.0.113.7, 127.0.0.5").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["headers"]["x-forwarded-for"], "198.51.100.1, 203.0.113.7, 127.0.0.5, 127.0.0.1");
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_are_stripped_on_every_route() {
+    let e = env().await;
+    let (token, record) = e.admin.create(reader()).await;
+    for (path, tok) in [("/api/x", Some(token.as_str())), ("/health", None)] {
+        let mut req = e.http.get(format!("{}{path}", e.gw.url));
+        if let Some(t) = tok {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .header("X-Auth-User-Id", "admin")
+            .header("x-auth-token-id", "forged")
+            .header("X-AUTH-SCOPES", "everything")
+            .header("X-Auth-Custom", "forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        let h = body["headers"].as_object().unwrap();
+        let forged: Vec<_> = h
+            .iter()
+            .filter(|(_, v)| ["admin", "forged", "everything"].contains(&v.as_str().unwrap_or("")))
+            .collect();
+        assert!(forged.is_empty(), "{path}: forged headers reached upstream: {forged:?}");
+        if tok.is_some() {
+            assert_eq!(h["x-auth-user-id"], "user-42");
+            assert_eq!(h["x-auth-token-id"], record["id"]);
+        } else {
+            assert!(!h.keys().any(|k| k.starts_with("x-auth-")), "{path}: {h:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_returns_429_with_headers() {
+    let e = env().await;
+    let mut body = reader();
+    body["rateLimit"] = json!({"requests": 2, "perSeconds": 60});
+    let (token, _) = e.admin.create(body).await;
+    let (s1, h1, _) = e.get("/api/x", Some(&token)).await;
+    assert_eq!(s1, 200);
+    assert_eq!(h1["ratelimit-limit"], "2");
+    assert_eq!(h1["ratelimit-remaining"], "1");
+    assert_eq!(e.get("/api/x", Some(&token)).await.0, 200);
+    let (s, h, b) = e.get("/api/x", Some(&token)).await;
+    assert_eq!(s, 429);
+    assert_eq!(b["error"], "Rate limit exceeded");
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "retry-after {retry}");
+    assert_eq!(h["ratelimit-remaining"], "0");
+    assert_eq!(h["ratelimit-limit"], "2");
+    assert!(h.contains_key("ratelimit-reset"));
+}
+
+#[tokio::test]
+async fn upstream_failures_and_missing_routes() {
+    let e = env_with("timeouts:\n  upstream_response_seconds: 1\n").await;
+    let (token, _) = e.admin.create(reader()).await;
+    e.expect_error("/nowhere", Some(&token), 404, "No route").await;
+    e.expect_error("/dead/x", Some(&token), 502, "Upstream unavailable").await;
+    e.expect_error("/delay/3000", Some(&token), 504, "Upstream timed out").await;
+}
+
+#[tokio::test]
+async fn whoami_answers_for_a_valid_token() {
+    let e = env().await;
+    let (token, record) = e
+        .admin
+        .create(json!({"name": "me", "ownerId": "user-7", "orgId": "o", "scopes": ["a"], "permissions": ["read"]}))
+        .await;
+    let (s, h, body) = e.get("/_patgate/whoami", Some(&token)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["userId"], "user-7");
+    assert_eq!(body["tokenId"], record["id"]);
+    assert_eq!(body["orgId"], "o");
+    assert_eq!(body["projectId"], Value::Null);
+    assert_eq!(body["prefix"], &token[..12]);
+    assert_eq!(body["name"], "me");
+    assert_eq!(body["type"], "user");
+    assert_eq!(body["scopes"], json!(["a"]));
+    assert_eq!(body["permissions"], json!(["read"]));
+    assert_eq!(body["authMethod"], "pat");
+    assert_eq!(body["expiresAt"], record["expiresAt"]);
+    assert_eq!(body["rateLimit"]["limit"], 1000);
+    assert!(h.contains_key("ratelimit-remaining"));
+    e.expect_error("/_patgate/whoami", None, 401, MISSING).await;
+}
+
+#[tokio::test]
+async fn revocation_reaches_a_second_gateway_within_a_second() {
+    let e = env().await;
+    let gw2 = GatewayProcess::start(&config(&e.redis.url(), &e._upstream.url(), ""));
+    let (token, record) = e.admin.create(reader()).await;
+    let url2 = format!("{}/api/x", gw2.url);
+    // Warm gw2's cache.
+    let r = e.http.get(&url2).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, _) = e.admin.post(&format!("/v1/tokens/{}/revoke", record["id"].as_str().unwrap())).await;
+    assert_eq!(s, 200);
+    let revoked_at = Instant::now();
+    loop {
+        let r = e.http.get(&url2).bearer_auth(&token).send().await.unwrap();
+        if r.status() == 401 {
+            assert_eq!(r.json::<Value>().await.unwrap()["error"], "PAT has been revoked");
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(1), "second replica still accepts a revoked token");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_outage_cached_tokens_work_uncached_get_503_then_recovery() {
+    let mut e = env().await;
+    let (cached, _) = e.admin.create(reader()).await;
+    let (uncached, _) = e.admin.create(reader()).await;
+    assert_eq!(e.get("/api/x", Some(&cached)).await.0, 200);
+    e.redis.stop();
+    for _ in 0..5 {
+        assert_eq!(e.get("/api/x", Some(&cached)).await.0, 200, "cached token must keep working");
+    }
+    let started = Instant::now();
+    e.expect_error("/api/x", Some(&uncached), 503, "Authentication backend unavailable").await;
+    assert!(started.elapsed() < Duration::from_secs(2), "503 must come within the store timeout");
+    // A random well-formed token is not answered 401 while the store is down either.
+    let unknown = patgate::token::generate("pat_").unwrap();
+    e.expect_error("/api/x", Some(&unknown), 503, "Authentication backend unavailable").await;
+    e.redis.restart();
+    let back = Instant::now();
+    loop {
+        let (s, _, _) = e.get("/api/x", Some(&uncached)).await;
+        if s == 200 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(5), "no recovery after Redis returned (last {s})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_gib_upload_and_large_download_stream_with_flat_memory() {
+    let e = env_with("limits:\n  max_body_bytes: 2147483648\n").await;
+    let (token, _) = e.admin.create(reader()).await;
+    let before = e.gw.rss_kib();
+    const SIZE: u64 = 1024 * 1024 * 1024;
+    const DOWN: u64 = 256 * 1024 * 1024;
+    let chunk = bytes::Bytes::from(vec![b'z'; 256 * 1024]);
+    let n = SIZE / chunk.len() as u64;
+    let stream = futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let resp = e
+        .http
+        .post(format!("{}/api/upload", e.gw.url))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["bodyBytes"], SIZE);
+    let mut resp = e
+        .http
+        .get(format!("{}/api/stream/{DOWN}", e.gw.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = 0u64;
+    while let Some(c) = resp.chunk().await.unwrap() {
+        got += c.len() as u64;
+    }
+    assert_eq!(got, DOWN);
+    let after = e.gw.rss_kib();
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB while streaming 1 GiB up and 256 MiB down"
+    );
+}
+
+#[tokio::test]
+async fn body_limit_is_enforced_while_streaming() {
+    let e = env_with("limits:\n  max_body_bytes: 1000\n").await;
+    let (token, _) = e.admin.create(reader()).await;
+    let resp = e
+        .http
+        .post(format!("{}/api/x", e.gw.url))
+        .bearer_auth(&token)
+        .body(vec![0u8; 2000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let stream = futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 500]))));
+    let resp = e
+        .http
+        .post(format!("{}/api/x", e.gw.url))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+}
+
+/// Sends raw bytes and returns the status line and body of the answer.
+async fn raw(addr: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr.trim_start_matches("http://")).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn dot_segments_cannot_escape_an_unauthenticated_route() {
+    let e = env().await;
+    for path in ["/health/../api/x", "/health/%2e%2e/api/x", "/health/%2E%2e/api/x"] {
+        let answer = raw(
+            &e.gw.url,
+            &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+    }
+    let answer = raw(&e.gw.url, "GET /../../etc/passwd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let (token, _) = e.admin.create(reader()).await;
+    let answer = raw(
+        &e.gw.url,
+        &format!("GET /api/a/../b HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""uri":"/api/b""#), "upstream must get the normalised path: {answer}");
+}
