@@ -3,10 +3,14 @@
 //! Two stages (as in rpxy): [`raw`] mirrors the file with `deny_unknown_fields`;
 //! [`validate`] turns it into [`Settings`], collecting *every* problem with its field
 //! path (`routes[1].upstream: unknown upstream "billing"`) before failing.
-//! `${ENV_NAME}` in any string value is replaced from the environment first.
+//! `${ENV_NAME}` in any string value is replaced from the environment first ([`env`]).
 
+mod env;
+mod raw;
 mod settings;
+mod validate;
 
+pub use env::EnvLookup;
 pub use settings::*;
 
 use std::fmt;
@@ -45,14 +49,30 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Reads and validates a config file.
+/// Reads and validates a config file, expanding `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
-    let _ = path;
-    unimplemented!("config::load")
+    load_with_env(path, &|name| std::env::var(name).ok())
 }
 
-/// Validates YAML text (used by `load`, `dev` and tests).
+/// Validates YAML text (used by `load`, `dev` and tests), expanding `${VAR}` from the
+/// process environment.
 pub fn from_yaml(text: &str) -> Result<Settings, ConfigErrors> {
-    let _ = text;
-    unimplemented!("config::from_yaml")
+    from_yaml_with_env(text, &|name| std::env::var(name).ok())
+}
+
+/// [`load`] with an explicit environment (tests cannot set process variables:
+/// `set_var` is `unsafe` in edition 2024 and this crate forbids `unsafe`).
+pub fn load_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Settings, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => from_yaml_with_env(&text, env),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            path: path.display().to_string(),
+            reason: format!("cannot read config file: {e}"),
+        }])),
+    }
+}
+
+/// [`from_yaml`] with an explicit environment lookup.
+pub fn from_yaml_with_env(text: &str, env: EnvLookup<'_>) -> Result<Settings, ConfigErrors> {
+    validate::settings_from_yaml(text, env)
 }
