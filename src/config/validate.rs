@@ -312,6 +312,38 @@ fn at_least(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, min: u64) ->
     n
 }
 
+/// Longest timer a config may set: far beyond any sane value, far below the point
+/// where `Instant + Duration` arithmetic would overflow and panic.
+const MAX_TIMER_SECS: u64 = 365 * 86_400;
+
+/// Longest token expiry (jiff timestamps end in year 9999).
+const MAX_EXPIRY_SECS: u64 = 100 * 365 * 86_400;
+
+/// A timer in seconds: at least `min`, at most [`MAX_TIMER_SECS`].
+fn secs(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, min: u64) -> Duration {
+    let n = at_least(cx, path, v, default, min);
+    if n > MAX_TIMER_SECS {
+        cx.err(path, format!("must be at most {MAX_TIMER_SECS} (a year)"));
+        return Duration::from_secs(default);
+    }
+    Duration::from_secs(n)
+}
+
+/// A timer in milliseconds: at least 1, at most [`MAX_TIMER_SECS`] worth.
+fn millis(cx: &mut Ctx, path: &str, v: Option<u64>, default: Duration) -> Duration {
+    // Defaults come from `secs`, so they fit in u64 milliseconds.
+    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    let n = at_least(cx, path, v, default, 1);
+    if n > MAX_TIMER_SECS * 1000 {
+        cx.err(
+            path,
+            format!("must be at most {} (a year)", MAX_TIMER_SECS * 1000),
+        );
+        return Duration::from_millis(default);
+    }
+    Duration::from_millis(n)
+}
+
 fn positive(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64) -> u64 {
     at_least(cx, path, v, default, 1)
 }
@@ -387,10 +419,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     if n == 0 {
         return Err("must be longer than zero (use `never` for no expiry)".into());
     }
-    let secs = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too long"))?;
-    Ok(Some(Duration::from_secs(secs)))
+    match n.checked_mul(mult) {
+        Some(secs) if secs <= MAX_EXPIRY_SECS => Ok(Some(Duration::from_secs(secs))),
+        _ => Err(format!("`{s}` is too long (at most 100 years)")),
+    }
 }
 
 fn hex32(s: &str) -> Result<[u8; 32], String> {
@@ -664,18 +696,18 @@ fn redis(cx: &mut Ctx, r: raw::RawRedis) -> RedisSettings {
     RedisSettings {
         urls: urls.into_iter().map(|(_, u)| u.trim().to_owned()).collect(),
         cluster,
-        command_timeout: Duration::from_millis(positive(
+        command_timeout: millis(
             cx,
             "store.redis.command_timeout_ms",
             r.command_timeout_ms,
-            250,
-        )),
-        connect_timeout: Duration::from_millis(positive(
+            Duration::from_millis(250),
+        ),
+        connect_timeout: millis(
             cx,
             "store.redis.connect_timeout_ms",
             r.connect_timeout_ms,
-            1000,
-        )),
+            Duration::from_secs(1),
+        ),
         key_prefix,
         audit_max_events: positive(
             cx,
@@ -688,9 +720,21 @@ fn redis(cx: &mut Ctx, r: raw::RawRedis) -> RedisSettings {
 
 fn cache(cx: &mut Ctx, r: raw::RawCache) -> CacheSettings {
     CacheSettings {
-        ttl: Duration::from_secs(positive(cx, "cache.ttl_seconds", r.ttl_seconds, 30)),
-        negative_ttl: Duration::from_secs(r.negative_ttl_seconds.unwrap_or(5)),
-        max_staleness: Duration::from_secs(r.max_staleness_seconds.unwrap_or(300)),
+        ttl: secs(cx, "cache.ttl_seconds", r.ttl_seconds, 30, 1),
+        negative_ttl: secs(
+            cx,
+            "cache.negative_ttl_seconds",
+            r.negative_ttl_seconds,
+            5,
+            0,
+        ),
+        max_staleness: secs(
+            cx,
+            "cache.max_staleness_seconds",
+            r.max_staleness_seconds,
+            300,
+            0,
+        ),
         max_entries: positive(cx, "cache.max_entries", r.max_entries, 100_000),
     }
 }
@@ -742,7 +786,13 @@ fn tokens(cx: &mut Ctx, r: raw::RawTokens) -> TokenSettings {
         max_expiry,
         accept_foreign: r.accept_foreign.unwrap_or(false),
         creation_limit: r.creation_limit.unwrap_or(5),
-        max_grace_period: Duration::from_secs(r.max_grace_period_seconds.unwrap_or(86_400)),
+        max_grace_period: secs(
+            cx,
+            "tokens.max_grace_period_seconds",
+            r.max_grace_period_seconds,
+            86_400,
+            0,
+        ),
     }
 }
 
@@ -852,7 +902,7 @@ fn identity_headers(cx: &mut Ctx, r: raw::RawIdentityHeaders) -> IdentityHeaders
 
 fn timeouts(cx: &mut Ctx, r: raw::RawTimeouts) -> Timeouts {
     let mut secs = |name: &str, v: Option<u64>, default: u64, min: u64| {
-        Duration::from_secs(at_least(cx, &format!("timeouts.{name}"), v, default, min))
+        secs(cx, &format!("timeouts.{name}"), v, default, min)
     };
     Timeouts {
         header_read: secs("header_read_seconds", r.header_read_seconds, 10, 1),
@@ -954,17 +1004,17 @@ fn upstreams(
                 Err(reason) => cx.err(path, reason),
             }
         }
-        let connect_ms = positive(
+        let connect_timeout = millis(
             cx,
             &format!("{base}.connect_timeout_ms"),
             u.connect_timeout_ms,
-            t.upstream_connect.as_millis() as u64,
+            t.upstream_connect,
         );
-        let response_ms = positive(
+        let response_timeout = millis(
             cx,
             &format!("{base}.response_timeout_ms"),
             u.response_timeout_ms,
-            t.upstream_response.as_millis() as u64,
+            t.upstream_response,
         );
         let ok = cx.errs.len() == before;
         out.insert(
@@ -973,8 +1023,8 @@ fn upstreams(
                 Arc::new(Upstream {
                     name: name.clone(),
                     urls,
-                    connect_timeout: Duration::from_millis(connect_ms),
-                    response_timeout: Duration::from_millis(response_ms),
+                    connect_timeout,
+                    response_timeout,
                 })
             }),
         );
@@ -1570,6 +1620,7 @@ routes:
             "10y",
             "1d2h",
             "99999999999999999999d",
+            "36501d",
         ] {
             assert!(d(bad).is_err(), "{bad:?} should be rejected");
         }
@@ -1808,6 +1859,22 @@ whoami_path: /$${literal}
                 "timeouts.header_read_seconds",
             ),
             ("timeouts: {idle_seconds: 0}\n", "timeouts.idle_seconds"),
+            (
+                "timeouts: {idle_seconds: 99999999999}\n",
+                "timeouts.idle_seconds",
+            ),
+            (
+                "cache: {max_staleness_seconds: 99999999999}\n",
+                "cache.max_staleness_seconds",
+            ),
+            (
+                "tokens: {max_grace_period_seconds: 99999999999}\n",
+                "tokens.max_grace_period_seconds",
+            ),
+            (
+                "store: {redis: {connect_timeout_ms: 99999999999999}}\n",
+                "store.redis.connect_timeout_ms",
+            ),
             (
                 "limits: {max_header_bytes: 100}\n",
                 "limits.max_header_bytes",
