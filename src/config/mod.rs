@@ -1,9 +1,9 @@
 //! Configuration: YAML file → raw serde structs → validated [`Settings`].
 //!
-//! Two stages (as in rpxy): [`raw`] mirrors the file with `deny_unknown_fields`;
-//! [`validate`] turns it into [`Settings`], collecting *every* problem with its field
+//! Two stages (as in rpxy): `raw` mirrors the file with `deny_unknown_fields`;
+//! `validate` turns it into [`Settings`], collecting *every* problem with its field
 //! path (`routes[1].upstream: unknown upstream "billing"`) before failing.
-//! `${ENV_NAME}` in any string value is replaced from the environment first ([`env`]).
+//! `${ENV_NAME}` in any string value is replaced from the environment first (`env`).
 
 mod env;
 mod raw;
