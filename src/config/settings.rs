@@ -214,6 +214,11 @@ pub enum AuthMode {
 }
 
 /// Where a project/org id sits in the path.
+///
+/// Parsed from `project_param` / `org_param`: a value containing `{` is a template
+/// (must start with `/`, exactly one whole-segment `{name}` placeholder; a trailing
+/// `/...`, `/*` or `/**` is dropped and means "and anything below"); anything else
+/// is a plain segment name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathParam {
     /// A template such as `/v1/projects/{project}`: the segment at the placeholder.
