@@ -11,8 +11,8 @@
 mod record;
 
 pub use record::{
-    AuditEvent, AuditQuery, Changed, Invalidation, ListQuery, Lookup, Page, RateLimit,
-    TokenRecord, TokenType, UsageDelta,
+    AuditEvent, AuditQuery, Changed, Invalidation, ListQuery, Lookup, Page, RateLimit, TokenRecord,
+    TokenType, UsageDelta,
 };
 
 use std::time::Duration;

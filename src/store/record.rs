@@ -291,7 +291,8 @@ impl Invalidation {
         if let Some(h) = s.strip_prefix("h:") {
             return TokenHash::from_hex(h).map(Invalidation::Hash);
         }
-        s.strip_prefix("o:").map(|o| Invalidation::Owner(o.to_string()))
+        s.strip_prefix("o:")
+            .map(|o| Invalidation::Owner(o.to_string()))
     }
 }
 

@@ -202,8 +202,14 @@ mod tests {
     fn rejects_each_malformation_with_its_reason() {
         let t = generate("dcp_").unwrap();
         assert_eq!(parse(&t, "pat_"), Err(FormatError::WrongPrefix));
-        assert_eq!(parse(&t[..t.len() - 1], "dcp_"), Err(FormatError::WrongLength));
-        assert_eq!(parse(&format!("{t}x"), "dcp_"), Err(FormatError::WrongLength));
+        assert_eq!(
+            parse(&t[..t.len() - 1], "dcp_"),
+            Err(FormatError::WrongLength)
+        );
+        assert_eq!(
+            parse(&format!("{t}x"), "dcp_"),
+            Err(FormatError::WrongLength)
+        );
         let mut bad = t.clone().into_bytes();
         bad[10] = b'-';
         assert_eq!(
