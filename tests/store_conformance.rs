@@ -1,6 +1,7 @@
 //! One conformance suite for every [`TokenStore`]: each behaviour is an async fn over
 //! `&dyn TokenStore`, and the `conformance!` macro runs it against the embedded (redb)
-//! store and against Redis (a throwaway `redis-server` per test). Redis-only behaviour
+//! store, against standalone Redis and against a one-node Redis Cluster (a throwaway
+//! `redis-server` per test; the cluster rejects cross-slot operations like a real one). Redis-only behaviour
 //! (outages, cross-instance pub/sub) follows at the end.
 
 mod common;
@@ -684,6 +685,18 @@ macro_rules! conformance {
                     let store = super::RedisStore::connect(&super::redis_settings(server.url()))
                         .await
                         .unwrap();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod redis_cluster_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = super::RedisServer::start_cluster();
+                    let mut settings = super::redis_settings(server.url());
+                    settings.cluster = true;
+                    let store = super::RedisStore::connect(&settings).await.unwrap();
                     super::$name(&store).await;
                 }
             )*

@@ -303,23 +303,31 @@ impl RedisStore {
                 .response_timeout(settings.command_timeout)
                 .build()
                 .map_err(bad)?;
-            let slot = conn.clone();
             let connect_timeout = settings.connect_timeout;
-            let task = tokio::spawn(async move {
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    if let Ok(Ok(c)) =
-                        tokio::time::timeout(connect_timeout, client.get_async_connection()).await
-                    {
-                        slot.store(Some(Arc::new(Conn::Cluster(c))));
-                        return;
-                    }
-                    tracing::warn!("redis cluster unreachable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+            // One attempt inline so a healthy cluster is usable when we return; if it
+            // fails, a background task keeps trying while calls answer `Unavailable`.
+            match tokio::time::timeout(connect_timeout, client.get_async_connection()).await {
+                Ok(Ok(c)) => conn.store(Some(Arc::new(Conn::Cluster(c)))),
+                _ => {
+                    tracing::warn!("redis cluster unreachable at start; retrying in background");
+                    let slot = conn.clone();
+                    let task = tokio::spawn(async move {
+                        let mut backoff = Duration::from_millis(100);
+                        loop {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            if let Ok(Ok(c)) =
+                                tokio::time::timeout(connect_timeout, client.get_async_connection())
+                                    .await
+                            {
+                                slot.store(Some(Arc::new(Conn::Cluster(c))));
+                                return;
+                            }
+                        }
+                    });
+                    tasks.push(task.abort_handle());
                 }
-            });
-            tasks.push(task.abort_handle());
+            }
         } else {
             let client = Client::open(first.as_str()).map_err(bad)?;
             let config = ConnectionManagerConfig::new()

@@ -11,21 +11,35 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Started with `--cluster-enabled yes` (a one-node cluster owning every slot).
+    cluster: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a one-node Redis Cluster (every slot on this node) and waits until the
+    /// cluster state is `ok`. Cross-slot commands fail on it exactly as on a real
+    /// cluster, so it checks that a key layout is cluster-safe.
+    pub fn start_cluster() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(cluster: bool) -> Self {
         let mut last_err = String::new();
         for _ in 0..10 {
             let dir = tempfile::tempdir().expect("temp dir for redis-server");
             let port = free_port();
-            match spawn(port, dir.path()) {
+            match spawn(port, dir.path(), cluster) {
                 Ok(child) => {
                     let mut server = RedisServer {
                         port,
                         dir,
                         child: Some(child),
+                        cluster,
                     };
                     if server.wait_ready(Duration::from_secs(5)) {
                         return server;
@@ -62,7 +76,7 @@ impl RedisServer {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match spawn(self.port, self.dir.path()) {
+            match spawn(self.port, self.dir.path(), self.cluster) {
                 Ok(child) => {
                     self.child = Some(child);
                     if self.wait_ready(Duration::from_secs(3)) {
@@ -90,9 +104,26 @@ impl RedisServer {
                 return false; // exited (e.g. port taken)
             }
             if ping(self.port) {
-                return true;
+                return !self.cluster || self.init_cluster(deadline);
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl RedisServer {
+    /// Assigns every slot to this node (kept in `nodes.conf` across restarts) and
+    /// waits for `cluster_state:ok`.
+    fn init_cluster(&self, deadline: Instant) -> bool {
+        let _ = command(self.port, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        while Instant::now() < deadline {
+            if command(self.port, &["CLUSTER", "INFO"])
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         false
     }
@@ -109,29 +140,33 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-fn spawn(port: u16, dir: &std::path::Path) -> Result<Child, String> {
-    Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                panic!("redis-server not found on PATH: run `apt-get install -y redis-server`")
-            }
-            format!("spawn redis-server: {e}")
-        })
+fn spawn(port: u16, dir: &std::path::Path, cluster: bool) -> Result<Child, String> {
+    let mut cmd = Command::new("redis-server");
+    if cluster {
+        cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            .arg(dir.join("nodes.conf"));
+    }
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .arg("--dir")
+    .arg(dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            panic!("redis-server not found on PATH: run `apt-get install -y redis-server`")
+        }
+        format!("spawn redis-server: {e}")
+    })
 }
 
 /// Raw RESP PING, so the helper does not depend on the client under test.
@@ -147,4 +182,20 @@ fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 16];
     matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Sends one command over raw RESP and returns the reply's bytes as text.
+fn command(port: u16, args: &[&str]) -> Option<String> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
