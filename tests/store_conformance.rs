@@ -789,6 +789,13 @@ async fn redis_invalidations_reach_another_instance() {
     assert!(a.is_subscribed() && b.is_subscribed());
     let mut rx_b = b.subscribe();
     let mut rx_a = a.subscribe();
+    // A healthy subscription stays up: its keep-alive pings cause no reconnects (and
+    // so no spurious `All`).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(matches!(
+        rx_b.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
     a.publish(&Invalidation::Hash(hash("shared")))
         .await
         .unwrap();

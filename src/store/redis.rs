@@ -251,7 +251,8 @@ fn after(now: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
-/// Milliseconds from `now` until `t` (at least 1, so a PX is always valid).
+/// Milliseconds from `now` until `t` (at least 1, so a PX is always valid; the clamp
+/// makes the cast lossless).
 fn ms_until(now: Timestamp, t: Timestamp) -> i64 {
     t.duration_since(now)
         .as_millis()
@@ -955,6 +956,7 @@ impl TokenStore for RedisStore {
             .as_deref()
             .and_then(|c| ulid::Ulid::from_string(c).ok())
             .map(|u| {
+                // ULID timestamps are 48-bit: the cast cannot wrap.
                 (u.timestamp_ms() as i64)
                     .saturating_add(AUDIT_SLACK_MS)
                     .to_string()
