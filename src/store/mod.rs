@@ -115,3 +115,6 @@ pub trait TokenStore: Send + Sync + 'static {
 
 pub mod embedded;
 pub mod redis;
+
+pub use self::embedded::EmbeddedStore;
+pub use self::redis::RedisStore;

@@ -1,1 +1,1039 @@
-//! Redis store: see module doc of `store`.
+//! Redis store: production backend shared by every replica (standalone or Cluster).
+//!
+//! # Key layout
+//! `<p>` is `store.redis.key_prefix` (default `patgate:`). Every multi-key operation
+//! touches keys of one hash slot (hash tags `{…}`); everything else is single-key, so
+//! the layout works unchanged on Redis Cluster.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<p>tok:<sha256 hex>` | string | `{"record": TokenRecord}` for the current secret, or `{"aliasOf": "<new hex>", "graceUntil": RFC 3339}` with `PEXPIRE` for a rotated-out secret in its grace period |
+//! | `<p>id:{<id>}` | string | `{"hash": "<current hex>", "graced": [{"hash", "until"}]}` |
+//! | `<p>usage:{<id>}` | hash | `count`, `last` (ms): usage added by the flushers, merged into `usageCount`/`lastUsedAt` by `get`/`list` |
+//! | `<p>ids` | zset | every id, score 0: ids are ULIDs, so `ZRANGEBYLEX` pages in creation order |
+//! | `<p>owner:{<owner>}:disabled` | string | `"1"` while the owner is disabled |
+//! | `<p>crl:{<owner>}:<window start secs>` | string | creation counter of one fixed window (expires with it) |
+//! | `<p>audit` | stream | field `e` = event JSON; `MAXLEN ~ audit_max_events` |
+//! | `<p>invalidate` | pub/sub channel | [`Invalidation::encode`] messages |
+//!
+//! Costs: `lookup` is one `GET` (a second one only when following an alias); the usage
+//! counters stay off the record JSON so the hot flush path never rewrites records.
+//! `lookup` therefore returns `usageCount`/`lastUsedAt` as last written into the record
+//! (by `create`), without the flushed usage; `get`, `list`, `update` and `delete` merge it.
+//!
+//! # Writes
+//! - `update`: compare-and-set of the `tok` key (Lua: `if GET == old then SET new`),
+//!   retried on conflict. A rejected mutation writes nothing.
+//! - `create`: `SET id NX`, then `SET tok NX` (rolling back the id key on conflict), then
+//!   `ZADD`. A crash in between leaves at worst an id key without a record (`get` → `None`).
+//! - `rotate`: new `tok` key first, then the id entry, then the old `tok` key becomes an
+//!   alias (compare-and-set; `DEL` when the grace is zero). A crash midway leaves the old
+//!   secret working, never neither. Older aliases are re-pointed at the new hash.
+//! - `delete`: `tok` keys (current and graced) first, then id and usage keys, then `ZREM`.
+//!
+//! # Availability
+//! `connect` never fails because Redis is down: standalone uses a lazy
+//! [`ConnectionManager`] that connects (and reconnects) by itself; the cluster
+//! connection is made by a background task. Every call is bounded by
+//! `command_timeout` and maps timeouts and I/O errors to [`StoreError::Unavailable`].
+//! One background task owns a dedicated pub/sub connection, pings it every
+//! [`PUBSUB_PING_EVERY`] (a dead connection is noticed within about 1.5 s), reconnects
+//! with backoff forever, and sends [`Invalidation::All`] to subscribers after every
+//! re-established subscription.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::future::try_join_all;
+use jiff::{SignedDuration, Timestamp};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisFuture, Script, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio::task::AbortHandle;
+
+use super::{
+    AuditEvent, AuditQuery, Changed, Invalidation, InvalidationRx, ListQuery, Lookup, Mutation,
+    Page, StoreError, TokenRecord, TokenStore, UsageDelta,
+};
+use crate::config::RedisSettings;
+use crate::token::TokenHash;
+
+/// Capacity of the local invalidation fan-out; a lagging receiver clears its cache.
+const INVALIDATION_CAPACITY: usize = 1024;
+/// Compare-and-set attempts before giving up with `Conflict`.
+const CAS_ATTEMPTS: usize = 8;
+/// How often the pub/sub connection is pinged to notice a dead peer.
+pub const PUBSUB_PING_EVERY: Duration = Duration::from_millis(500);
+/// How long a pub/sub ping may take before the connection is declared dead.
+const PUBSUB_PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Clock slack between replicas and Redis when mapping audit ids/times to stream ids.
+const AUDIT_SLACK_MS: i64 = 300_000;
+
+/// `KEYS[1]` = key, `ARGV[1]` = expected value, `ARGV[2]` = new value,
+/// `ARGV[3]` = `keep` (plain SET), `del`, or a PX in ms. Returns 1 when applied.
+const CAS_LUA: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then return 0 end
+if ARGV[3] == 'del' then
+  redis.call('DEL', KEYS[1])
+elseif ARGV[3] == 'keep' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+";
+
+/// `KEYS[1]` = id key, `KEYS[2]` = usage key (same slot), `ARGV` = count, last ms.
+const USAGE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'count', ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[2], 'last'))
+if (not last) or last < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], 'last', ARGV[2])
+end
+return 1
+";
+
+/// `KEYS[1]` = window counter, `ARGV[1]` = TTL secs. Returns the new count.
+const COUNT_LUA: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
+/// What a `tok` key holds.
+// Short-lived decode target; boxing the record would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum TokEntry {
+    /// The current secret of a token.
+    Current { record: TokenRecord },
+    /// A rotated-out secret, valid until `grace_until`.
+    Alias {
+        #[serde(rename = "aliasOf")]
+        alias_of: String,
+        #[serde(rename = "graceUntil")]
+        grace_until: Timestamp,
+    },
+}
+
+/// What an `id` key holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct IdEntry {
+    /// Current hash (hex).
+    hash: String,
+    /// Rotated-out hashes (possibly) still in their grace period.
+    #[serde(default)]
+    graced: Vec<Graced>,
+}
+
+/// One rotated-out hash and the end of its grace period.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Graced {
+    hash: String,
+    until: Timestamp,
+}
+
+/// One connection kind; both multiplex and reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    /// Standalone server.
+    Single(ConnectionManager),
+    /// Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The Redis token store. Dropping it stops its background tasks.
+pub struct RedisStore {
+    /// The command connection; empty until the cluster connection is first made.
+    conn: Arc<ArcSwapOption<Conn>>,
+    /// Key prefix.
+    prefix: String,
+    /// Bound on every call.
+    command_timeout: Duration,
+    /// Audit stream cap.
+    audit_max_events: u64,
+    /// Fan-out of invalidations received on the pub/sub connection.
+    invalidations: broadcast::Sender<Invalidation>,
+    /// Whether the pub/sub subscription is currently established.
+    subscribed: watch::Receiver<bool>,
+    /// Background tasks, aborted on drop.
+    tasks: Vec<AbortHandle>,
+    scripts: Scripts,
+}
+
+/// Lua scripts (loaded once per server, then called by SHA).
+struct Scripts {
+    cas: Script,
+    usage: Script,
+    count: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("command_timeout", &self.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn redis_err(e: RedisError) -> StoreError {
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(format!("redis: {e}")),
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(corrupt)
+}
+
+fn hash_of(hex: &str) -> Result<TokenHash, StoreError> {
+    TokenHash::from_hex(hex).ok_or_else(|| StoreError::Corrupt(format!("bad hash {hex:?}")))
+}
+
+/// `now + d`, saturating at the end of time.
+fn after(now: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// Milliseconds from `now` until `t` (at least 1, so a PX is always valid; the clamp
+/// makes the cast lossless).
+fn ms_until(now: Timestamp, t: Timestamp) -> i64 {
+    t.duration_since(now)
+        .as_millis()
+        .clamp(1, i128::from(i64::MAX)) as i64
+}
+
+/// Current hash plus graced hashes still valid at `now`.
+fn live_hashes(entry: &IdEntry, now: Timestamp) -> Result<Vec<TokenHash>, StoreError> {
+    let mut out = vec![hash_of(&entry.hash)?];
+    for g in entry.graced.iter().filter(|g| g.until > now) {
+        out.push(hash_of(&g.hash)?);
+    }
+    Ok(out)
+}
+
+/// Adds flushed usage to a record.
+fn merge_usage(mut r: TokenRecord, usage: (Option<u64>, Option<i64>)) -> TokenRecord {
+    if let Some(n) = usage.0 {
+        r.usage_count = r.usage_count.saturating_add(n);
+    }
+    if let Some(ms) = usage.1
+        && let Ok(t) = Timestamp::from_millisecond(ms)
+        && r.last_used_at.is_none_or(|l| l < t)
+    {
+        r.last_used_at = Some(t);
+    }
+    r
+}
+
+impl RedisStore {
+    /// Connects to Redis (standalone, or Cluster when `settings.cluster`).
+    ///
+    /// Never fails because Redis is unreachable: calls return
+    /// [`StoreError::Unavailable`] until it answers, and the store recovers by itself.
+    /// Fails only on unusable settings (no URL, malformed URL). Waits at most
+    /// `connect_timeout` for the first connection and subscription.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let bad = |e: RedisError| StoreError::Unavailable(format!("invalid redis settings: {e}"));
+        let first = settings
+            .urls
+            .first()
+            .ok_or_else(|| StoreError::Unavailable("no redis url configured".into()))?;
+        let conn: Arc<ArcSwapOption<Conn>> = Arc::new(ArcSwapOption::empty());
+        let mut tasks = Vec::new();
+
+        if settings.cluster {
+            let client = ClusterClientBuilder::new(settings.urls.clone())
+                .connection_timeout(settings.connect_timeout)
+                .response_timeout(settings.command_timeout)
+                .build()
+                .map_err(bad)?;
+            let connect_timeout = settings.connect_timeout;
+            // One attempt inline so a healthy cluster is usable when we return; if it
+            // fails, a background task keeps trying while calls answer `Unavailable`.
+            match tokio::time::timeout(connect_timeout, client.get_async_connection()).await {
+                Ok(Ok(c)) => conn.store(Some(Arc::new(Conn::Cluster(c)))),
+                _ => {
+                    tracing::warn!("redis cluster unreachable at start; retrying in background");
+                    let slot = conn.clone();
+                    let task = tokio::spawn(async move {
+                        let mut backoff = Duration::from_millis(100);
+                        loop {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            if let Ok(Ok(c)) =
+                                tokio::time::timeout(connect_timeout, client.get_async_connection())
+                                    .await
+                            {
+                                slot.store(Some(Arc::new(Conn::Cluster(c))));
+                                return;
+                            }
+                        }
+                    });
+                    tasks.push(task.abort_handle());
+                }
+            }
+        } else {
+            let client = Client::open(first.as_str()).map_err(bad)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(Some(settings.command_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(MAX_BACKOFF);
+            let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?;
+            conn.store(Some(Arc::new(Conn::Single(manager))));
+        }
+
+        let mut pubsub_clients = Vec::new();
+        for url in &settings.urls {
+            pubsub_clients.push(Client::open(url.as_str()).map_err(bad)?);
+        }
+        let (invalidations, _) = broadcast::channel(INVALIDATION_CAPACITY);
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let channel = format!("{}invalidate", settings.key_prefix);
+        let task = tokio::spawn(pubsub_loop(
+            pubsub_clients,
+            channel,
+            invalidations.clone(),
+            ready_tx,
+            settings.connect_timeout,
+        ));
+        tasks.push(task.abort_handle());
+
+        let store = RedisStore {
+            conn,
+            prefix: settings.key_prefix.clone(),
+            command_timeout: settings.command_timeout,
+            audit_max_events: settings.audit_max_events.max(1),
+            invalidations,
+            subscribed: ready_rx,
+            tasks,
+            scripts: Scripts {
+                cas: Script::new(CAS_LUA),
+                usage: Script::new(USAGE_LUA),
+                count: Script::new(COUNT_LUA),
+            },
+        };
+        // Give a healthy Redis the chance to be fully ready when we return; a down one
+        // only delays start-up by `connect_timeout`.
+        let mut ready = store.subscribed.clone();
+        let _ = tokio::time::timeout(settings.connect_timeout, async {
+            let _ = store.ping().await;
+            let _ = ready.wait_for(|s| *s).await;
+        })
+        .await;
+        Ok(store)
+    }
+
+    /// Whether the invalidation subscription is currently established.
+    pub fn is_subscribed(&self) -> bool {
+        *self.subscribed.borrow()
+    }
+
+    fn conn(&self) -> Result<Conn, StoreError> {
+        self.conn
+            .load_full()
+            .map(|c| (*c).clone())
+            .ok_or_else(|| StoreError::Unavailable("redis: not connected yet".into()))
+    }
+
+    /// Runs one command, bounded by the command timeout.
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut c = self.conn()?;
+        tokio::time::timeout(self.command_timeout, cmd.query_async(&mut c))
+            .await
+            .map_err(|_| StoreError::Unavailable("redis: command timed out".into()))?
+            .map_err(redis_err)
+    }
+
+    /// Runs a script, bounded by the command timeout.
+    async fn script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, StoreError> {
+        let mut c = self.conn()?;
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(a.as_str());
+        }
+        tokio::time::timeout(self.command_timeout, inv.invoke_async(&mut c))
+            .await
+            .map_err(|_| StoreError::Unavailable("redis: command timed out".into()))?
+            .map_err(redis_err)
+    }
+
+    /// Compare-and-set of one key; `mode` is `keep`, `del` or a PX in ms.
+    async fn cas(&self, key: &str, old: &str, new: &str, mode: String) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .script(
+                &self.scripts.cas,
+                &[key],
+                &[old.to_string(), new.to_string(), mode],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    fn k_tok(&self, hex: &str) -> String {
+        format!("{}tok:{hex}", self.prefix)
+    }
+    fn k_id(&self, id: &str) -> String {
+        format!("{}id:{{{id}}}", self.prefix)
+    }
+    fn k_usage(&self, id: &str) -> String {
+        format!("{}usage:{{{id}}}", self.prefix)
+    }
+    fn k_ids(&self) -> String {
+        format!("{}ids", self.prefix)
+    }
+    fn k_owner(&self, owner: &str) -> String {
+        format!("{}owner:{{{owner}}}:disabled", self.prefix)
+    }
+    fn k_crl(&self, owner: &str, start: u64) -> String {
+        format!("{}crl:{{{owner}}}:{start}", self.prefix)
+    }
+    fn k_audit(&self) -> String {
+        format!("{}audit", self.prefix)
+    }
+    fn channel(&self) -> String {
+        format!("{}invalidate", self.prefix)
+    }
+
+    async fn get_string(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    async fn id_entry(&self, id: &str) -> Result<Option<IdEntry>, StoreError> {
+        match self.get_string(&self.k_id(id)).await? {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(&s).map(Some).map_err(corrupt),
+        }
+    }
+
+    /// The raw JSON and record under a hash, if it is a current record.
+    async fn current(&self, hex: &str) -> Result<Option<(String, TokenRecord)>, StoreError> {
+        let Some(raw) = self.get_string(&self.k_tok(hex)).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<TokEntry>(&raw).map_err(corrupt)? {
+            TokEntry::Current { record } => Ok(Some((raw, record))),
+            TokEntry::Alias { .. } => Ok(None),
+        }
+    }
+
+    async fn usage(&self, id: &str) -> Result<(Option<u64>, Option<i64>), StoreError> {
+        self.query(
+            redis::cmd("HMGET")
+                .arg(self.k_usage(id))
+                .arg("count")
+                .arg("last"),
+        )
+        .await
+    }
+}
+
+/// Subscribes once: returns the split connection after the subscription is confirmed.
+async fn subscribe_once(
+    client: &Client,
+    channel: &str,
+    connect_timeout: Duration,
+) -> Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
+    let attempt = async {
+        let mut ps = client.get_async_pubsub().await?;
+        ps.subscribe(channel).await?;
+        Ok::<_, RedisError>(ps.split())
+    };
+    tokio::time::timeout(connect_timeout, attempt)
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Owns the pub/sub connection for the store's life: subscribes, forwards messages,
+/// pings to notice a dead peer, reconnects with backoff, and sends `All` after every
+/// subscription that follows a lost (or never made) one.
+async fn pubsub_loop(
+    clients: Vec<Client>,
+    channel: String,
+    tx: broadcast::Sender<Invalidation>,
+    ready: watch::Sender<bool>,
+    connect_timeout: Duration,
+) {
+    let mut lost = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
+    loop {
+        let client = &clients[next % clients.len()];
+        next = next.wrapping_add(1);
+        let Some((mut sink, mut stream)) = subscribe_once(client, &channel, connect_timeout).await
+        else {
+            lost = true;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        backoff = Duration::from_millis(100);
+        ready.send_replace(true);
+        if lost {
+            tracing::info!("invalidation subscription re-established; clearing caches");
+            let _ = tx.send(Invalidation::All);
+        }
+        let mut ping = tokio::time::interval(PUBSUB_PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    if let Some(inv) = std::str::from_utf8(msg.get_payload_bytes())
+                        .ok()
+                        .and_then(Invalidation::decode)
+                    {
+                        let _ = tx.send(inv);
+                    }
+                }
+                _ = ping.tick() => {
+                    let alive = tokio::time::timeout(PUBSUB_PING_TIMEOUT, sink.ping::<Value>())
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                    if !alive {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!("invalidation subscription lost; reconnecting");
+        ready.send_replace(false);
+        lost = true;
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    async fn lookup(&self, hash: &TokenHash) -> Result<Option<Lookup>, StoreError> {
+        let Some(raw) = self.get_string(&self.k_tok(&hash.to_hex())).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<TokEntry>(&raw).map_err(corrupt)? {
+            TokEntry::Current { record } => Ok(Some(Lookup {
+                record,
+                grace_until: None,
+            })),
+            TokEntry::Alias {
+                alias_of,
+                grace_until,
+            } => {
+                if grace_until <= Timestamp::now() {
+                    return Ok(None);
+                }
+                Ok(self.current(&alias_of).await?.map(|(_, record)| Lookup {
+                    record,
+                    grace_until: Some(grace_until),
+                }))
+            }
+        }
+    }
+
+    async fn owner_disabled(&self, owner_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .query(redis::cmd("EXISTS").arg(self.k_owner(owner_id)))
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn set_owner_disabled(&self, owner_id: &str, disabled: bool) -> Result<(), StoreError> {
+        let key = self.k_owner(owner_id);
+        if disabled {
+            self.query::<Value>(redis::cmd("SET").arg(key).arg("1"))
+                .await?;
+        } else {
+            self.query::<Value>(redis::cmd("DEL").arg(key)).await?;
+        }
+        Ok(())
+    }
+
+    async fn create(&self, hash: &TokenHash, record: &TokenRecord) -> Result<(), StoreError> {
+        let hex = hash.to_hex();
+        let id_key = self.k_id(&record.id);
+        let entry = to_json(&IdEntry {
+            hash: hex.clone(),
+            graced: Vec::new(),
+        })?;
+        let tok = to_json(&TokEntry::Current {
+            record: record.clone(),
+        })?;
+        let set: Option<String> = self
+            .query(redis::cmd("SET").arg(&id_key).arg(entry).arg("NX"))
+            .await?;
+        if set.is_none() {
+            return Err(StoreError::Conflict("token id already exists".into()));
+        }
+        let set: Option<String> = match self
+            .query(redis::cmd("SET").arg(self.k_tok(&hex)).arg(tok).arg("NX"))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.query::<Value>(redis::cmd("DEL").arg(&id_key)).await;
+                return Err(e);
+            }
+        };
+        if set.is_none() {
+            self.query::<Value>(redis::cmd("DEL").arg(&id_key)).await?;
+            return Err(StoreError::Conflict("token hash already exists".into()));
+        }
+        self.query::<Value>(redis::cmd("ZADD").arg(self.k_ids()).arg(0).arg(&record.id))
+            .await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let Some(entry) = self.id_entry(id).await? else {
+            return Ok(None);
+        };
+        let (current, usage) = tokio::try_join!(self.current(&entry.hash), self.usage(id))?;
+        Ok(current.map(|(_, r)| merge_usage(r, usage)))
+    }
+
+    async fn update(&self, id: &str, change: Mutation<'_>) -> Result<Option<Changed>, StoreError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(entry) = self.id_entry(id).await? else {
+                return Ok(None);
+            };
+            let Some((raw, mut record)) = self.current(&entry.hash).await? else {
+                // Rotated or deleted meanwhile (retry), or an orphaned id key.
+                if self
+                    .id_entry(id)
+                    .await?
+                    .is_some_and(|e| e.hash == entry.hash)
+                {
+                    return Ok(None);
+                }
+                continue;
+            };
+            change(&mut record).map_err(StoreError::Rejected)?;
+            let new = to_json(&TokEntry::Current {
+                record: record.clone(),
+            })?;
+            if self
+                .cas(&self.k_tok(&entry.hash), &raw, &new, "keep".into())
+                .await?
+            {
+                let usage = self.usage(id).await?;
+                return Ok(Some(Changed {
+                    record: merge_usage(record, usage),
+                    hashes: live_hashes(&entry, Timestamp::now())?,
+                }));
+            }
+        }
+        Err(StoreError::Conflict(
+            "record changed concurrently too often; try again".into(),
+        ))
+    }
+
+    async fn rotate(
+        &self,
+        id: &str,
+        new_hash: &TokenHash,
+        grace: Duration,
+    ) -> Result<Option<Changed>, StoreError> {
+        let Some(entry) = self.id_entry(id).await? else {
+            return Ok(None);
+        };
+        let Some((mut raw, record)) = self.current(&entry.hash).await? else {
+            return Ok(None);
+        };
+        let new_hex = new_hash.to_hex();
+        let old = hash_of(&entry.hash)?;
+        let now = Timestamp::now();
+
+        // 1. The new secret works before anything else changes.
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.k_tok(&new_hex))
+                    .arg(&raw)
+                    .arg("NX"),
+            )
+            .await?;
+        if set.is_none() {
+            return Err(StoreError::Conflict("token hash already exists".into()));
+        }
+
+        // 2. The id points at it; still-valid older aliases stay listed.
+        let mut hashes = vec![old, *new_hash];
+        let mut graced = Vec::new();
+        for g in entry.graced {
+            hashes.push(hash_of(&g.hash)?);
+            if g.until > now {
+                graced.push(g);
+            }
+        }
+        let until = after(now, grace);
+        if !grace.is_zero() {
+            graced.push(Graced {
+                hash: entry.hash.clone(),
+                until,
+            });
+        }
+        let id_entry = to_json(&IdEntry {
+            hash: new_hex.clone(),
+            graced: graced.clone(),
+        })?;
+        self.query::<Value>(redis::cmd("SET").arg(self.k_id(id)).arg(id_entry))
+            .await?;
+
+        // 3. The old secret becomes an alias (or goes), unless an update slipped in, in
+        //    which case that newer record is carried over to the new key first.
+        let mode = if grace.is_zero() {
+            "del".to_string()
+        } else {
+            ms_until(now, until).to_string()
+        };
+        let alias = to_json(&TokEntry::Alias {
+            alias_of: new_hex.clone(),
+            grace_until: until,
+        })?;
+        let old_key = self.k_tok(&entry.hash);
+        let mut done = false;
+        for _ in 0..CAS_ATTEMPTS {
+            if self.cas(&old_key, &raw, &alias, mode.clone()).await? {
+                done = true;
+                break;
+            }
+            match self.current(&entry.hash).await? {
+                Some((fresh, _)) => {
+                    self.query::<Value>(
+                        redis::cmd("SET")
+                            .arg(self.k_tok(&new_hex))
+                            .arg(&fresh)
+                            .arg("XX"),
+                    )
+                    .await?;
+                    raw = fresh;
+                }
+                // Someone else rotated or deleted it meanwhile: nothing left to alias.
+                None => break,
+            }
+        }
+        if !done {
+            tracing::warn!(token.id = %id, "rotate: old secret changed concurrently");
+        }
+
+        // Older aliases follow to the new hash, keeping their own expiry.
+        for g in graced.iter().filter(|g| g.hash != entry.hash) {
+            let alias = to_json(&TokEntry::Alias {
+                alias_of: new_hex.clone(),
+                grace_until: g.until,
+            })?;
+            self.query::<Value>(
+                redis::cmd("SET")
+                    .arg(self.k_tok(&g.hash))
+                    .arg(alias)
+                    .arg("PX")
+                    .arg(ms_until(now, g.until))
+                    .arg("XX"),
+            )
+            .await?;
+        }
+
+        let record = match self.current(&new_hex).await? {
+            Some((_, r)) => r,
+            None => record,
+        };
+        let usage = self.usage(id).await?;
+        Ok(Some(Changed {
+            record: merge_usage(record, usage),
+            hashes,
+        }))
+    }
+
+    async fn delete(&self, id: &str) -> Result<Option<Changed>, StoreError> {
+        let Some(entry) = self.id_entry(id).await? else {
+            return Ok(None);
+        };
+        let current = self.current(&entry.hash).await?;
+        let usage = self.usage(id).await?;
+        let mut hashes = vec![hash_of(&entry.hash)?];
+        for g in &entry.graced {
+            hashes.push(hash_of(&g.hash)?);
+        }
+        // Token keys first: once they are gone the token is unusable whatever happens next.
+        let mut del = redis::cmd("DEL");
+        for h in &hashes {
+            del.arg(self.k_tok(&h.to_hex()));
+        }
+        if self.conn()?.is_cluster() {
+            for h in &hashes {
+                self.query::<Value>(redis::cmd("DEL").arg(self.k_tok(&h.to_hex())))
+                    .await?;
+            }
+        } else {
+            self.query::<Value>(&del).await?;
+        }
+        // Same hash tag: one slot.
+        self.query::<Value>(redis::cmd("DEL").arg(self.k_id(id)).arg(self.k_usage(id)))
+            .await?;
+        self.query::<Value>(redis::cmd("ZREM").arg(self.k_ids()).arg(id))
+            .await?;
+        Ok(current.map(|(_, r)| Changed {
+            record: merge_usage(r, usage),
+            hashes,
+        }))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let now = Timestamp::now();
+        let limit = query.limit.clamp(1, 1000);
+        let chunk = limit.clamp(50, 500);
+        let mut from = match &query.cursor {
+            Some(c) => format!("({c}"),
+            None => "-".to_string(),
+        };
+        let mut items = Vec::new();
+        loop {
+            let ids: Vec<String> = self
+                .query(
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(self.k_ids())
+                        .arg(&from)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(chunk),
+                )
+                .await?;
+            if ids.is_empty() {
+                return Ok(Page {
+                    items,
+                    next_cursor: None,
+                });
+            }
+            // Concurrent requests on one multiplexed connection: effectively a pipeline.
+            let records = try_join_all(ids.iter().map(|id| self.get(id))).await?;
+            for record in records.into_iter().flatten() {
+                if items.len() >= limit {
+                    // Another id exists after the last one returned.
+                    let next_cursor = items.last().map(|r: &TokenRecord| r.id.clone());
+                    return Ok(Page { items, next_cursor });
+                }
+                if query.matches(&record, now) {
+                    items.push(record);
+                }
+            }
+            if ids.len() < chunk {
+                return Ok(Page {
+                    items,
+                    next_cursor: None,
+                });
+            }
+            if let Some(last) = ids.last() {
+                from = format!("({last}");
+            }
+        }
+    }
+
+    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+        try_join_all(batch.iter().map(|d| async move {
+            let count = i64::try_from(d.count).unwrap_or(i64::MAX);
+            let ms = d.last_used_at.as_millisecond();
+            self.script::<i64>(
+                &self.scripts.usage,
+                &[&self.k_id(&d.id), &self.k_usage(&d.id)],
+                &[count.to_string(), ms.to_string()],
+            )
+            .await
+        }))
+        .await?;
+        Ok(())
+    }
+
+    async fn count_creation(
+        &self,
+        owner_id: &str,
+        window: Duration,
+    ) -> Result<(u64, Duration), StoreError> {
+        let window_secs = window.as_secs().max(1);
+        let now_ms = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
+        let start = (now_ms / 1000) / window_secs * window_secs;
+        let n: i64 = self
+            .script(
+                &self.scripts.count,
+                &[&self.k_crl(owner_id, start)],
+                &[(window_secs + 1).to_string()],
+            )
+            .await?;
+        let end_ms = (start + window_secs) * 1000;
+        Ok((
+            u64::try_from(n).unwrap_or(0),
+            Duration::from_millis(end_ms.saturating_sub(now_ms)),
+        ))
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let json = to_json(event)?;
+        self.query::<Value>(
+            redis::cmd("XADD")
+                .arg(self.k_audit())
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.audit_max_events)
+                .arg("*")
+                .arg("e")
+                .arg(json),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = query.limit.max(1);
+        let chunk = limit.clamp(50, 1000);
+        // Stream ids are Redis's clock at append time; event ids and times are the
+        // replicas'. Start a little after the cursor's time and filter exactly.
+        let mut end = query
+            .cursor
+            .as_deref()
+            .and_then(|c| ulid::Ulid::from_string(c).ok())
+            .map(|u| {
+                // ULID timestamps are 48-bit: the cast cannot wrap.
+                (u.timestamp_ms() as i64)
+                    .saturating_add(AUDIT_SLACK_MS)
+                    .to_string()
+            })
+            .unwrap_or_else(|| "+".to_string());
+        let start = query
+            .since
+            .map(|s| (s.as_millisecond() - AUDIT_SLACK_MS).max(0).to_string())
+            .unwrap_or_else(|| "-".to_string());
+        let mut out = Vec::new();
+        loop {
+            let entries: Vec<(String, Vec<String>)> = self
+                .query(
+                    redis::cmd("XREVRANGE")
+                        .arg(self.k_audit())
+                        .arg(&end)
+                        .arg(&start)
+                        .arg("COUNT")
+                        .arg(chunk),
+                )
+                .await?;
+            for (_, fields) in &entries {
+                let Some(json) = fields
+                    .chunks(2)
+                    .find(|kv| kv.first().is_some_and(|k| k == "e"))
+                    .and_then(|kv| kv.get(1))
+                else {
+                    continue;
+                };
+                let ev: AuditEvent = serde_json::from_str(json).map_err(corrupt)?;
+                if query
+                    .cursor
+                    .as_ref()
+                    .is_some_and(|c| ev.id.as_str() >= c.as_str())
+                    || query.since.is_some_and(|s| ev.time < s)
+                    || query
+                        .token_id
+                        .as_ref()
+                        .is_some_and(|t| ev.token_id.as_ref() != Some(t))
+                    || query.actor.as_ref().is_some_and(|a| &ev.actor != a)
+                {
+                    continue;
+                }
+                out.push(ev);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+            match entries.last() {
+                Some((sid, _)) if entries.len() >= chunk => end = format!("({sid}"),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn publish(&self, invalidation: &Invalidation) -> Result<(), StoreError> {
+        self.query::<Value>(
+            redis::cmd("PUBLISH")
+                .arg(self.channel())
+                .arg(invalidation.encode()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> InvalidationRx {
+        self.invalidations.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<Value>(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+}
+
+impl Conn {
+    fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}

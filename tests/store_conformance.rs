@@ -1,0 +1,944 @@
+//! One conformance suite for every [`TokenStore`]: each behaviour is an async fn over
+//! `&dyn TokenStore`, and the `conformance!` macro runs it against the embedded (redb)
+//! store, against standalone Redis and against a one-node Redis Cluster (a throwaway
+//! `redis-server` per test; the cluster rejects cross-slot operations like a real one). Redis-only behaviour
+//! (outages, cross-instance pub/sub) follows at the end.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::{SignedDuration, Timestamp};
+use patgate::config::{EmbeddedSettings, RedisSettings};
+use patgate::store::embedded::EmbeddedStore;
+use patgate::store::redis::RedisStore;
+use patgate::store::{
+    AuditEvent, AuditQuery, Invalidation, ListQuery, RateLimit, StoreError, TokenRecord,
+    TokenStore, TokenType, UsageDelta,
+};
+use patgate::token::TokenHash;
+
+use common::redis::RedisServer;
+
+// ---------------------------------------------------------------- fixtures
+
+fn new_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+fn hash(n: &str) -> TokenHash {
+    TokenHash::of(&format!("pat_test_token_{n}"))
+}
+
+/// A record with every SPEC §2 field set to something non-default.
+fn full_record(id: &str, owner: &str) -> TokenRecord {
+    let mut metadata = BTreeMap::new();
+    metadata.insert("team".to_string(), "billing".to_string());
+    metadata.insert("ticket".to_string(), "OPS-1".to_string());
+    TokenRecord {
+        id: id.to_string(),
+        name: "CI deploy".to_string(),
+        description: "Deploys from CI".to_string(),
+        prefix: "pat_AbCdEfGh".to_string(),
+        kind: TokenType::Project,
+        owner_id: owner.to_string(),
+        org_id: Some("org-1".to_string()),
+        project_id: Some("proj-1".to_string()),
+        permissions: vec!["read".to_string(), "write".to_string()],
+        scopes: vec!["documents".to_string()],
+        created_at: Timestamp::now(),
+        created_by: "admin:ops".to_string(),
+        expires_at: Some(Timestamp::now() + SignedDuration::from_hours(24 * 30)),
+        is_active: true,
+        revoked_at: None,
+        last_used_at: Some(Timestamp::from_millisecond(1_700_000_000_123).unwrap()),
+        usage_count: 7,
+        ip_allowlist: vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.168.1.7/32".parse().unwrap(),
+        ],
+        rate_limit: Some(RateLimit {
+            requests: 100,
+            per_seconds: 1,
+            burst: Some(200),
+        }),
+        metadata,
+    }
+}
+
+fn simple_record(id: &str, owner: &str) -> TokenRecord {
+    TokenRecord {
+        id: id.to_string(),
+        name: format!("token {id}"),
+        description: String::new(),
+        prefix: "pat_12345678".to_string(),
+        kind: TokenType::User,
+        owner_id: owner.to_string(),
+        org_id: None,
+        project_id: None,
+        permissions: vec![],
+        scopes: vec![],
+        created_at: Timestamp::now(),
+        created_by: "admin:ops".to_string(),
+        expires_at: None,
+        is_active: true,
+        revoked_at: None,
+        last_used_at: None,
+        usage_count: 0,
+        ip_allowlist: vec![],
+        rate_limit: None,
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn query(limit: usize) -> ListQuery {
+    ListQuery {
+        limit,
+        ..ListQuery::default()
+    }
+}
+
+/// Next invalidation other than `All` (which a store may send at any reconnect).
+async fn next_specific(rx: &mut patgate::store::InvalidationRx) -> Invalidation {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let got = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no invalidation within 3 s")
+            .expect("channel closed");
+        if got != Invalidation::All {
+            return got;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the suite
+
+async fn create_lookup_and_get_round_trip_every_field(s: &dyn TokenStore) {
+    let id = new_id();
+    let r = full_record(&id, "user-1");
+    s.create(&hash("a"), &r).await.unwrap();
+    let found = s.lookup(&hash("a")).await.unwrap().expect("lookup");
+    assert_eq!(found.record, r);
+    assert_eq!(found.grace_until, None);
+    assert_eq!(s.get(&id).await.unwrap(), Some(r.clone()));
+    // And through JSON with the SPEC's field names.
+    let json = serde_json::to_value(s.get(&id).await.unwrap().unwrap()).unwrap();
+    for field in [
+        "id",
+        "name",
+        "description",
+        "prefix",
+        "type",
+        "ownerId",
+        "orgId",
+        "projectId",
+        "permissions",
+        "scopes",
+        "createdAt",
+        "createdBy",
+        "expiresAt",
+        "isActive",
+        "revokedAt",
+        "lastUsedAt",
+        "usageCount",
+        "ipAllowlist",
+        "rateLimit",
+        "metadata",
+    ] {
+        assert!(json.get(field).is_some(), "missing field {field}");
+    }
+}
+
+async fn duplicate_id_or_hash_is_a_conflict(s: &dyn TokenStore) {
+    let id = new_id();
+    s.create(&hash("a"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    let same_id = s.create(&hash("b"), &simple_record(&id, "u")).await;
+    assert!(
+        matches!(same_id, Err(StoreError::Conflict(_))),
+        "{same_id:?}"
+    );
+    let other = new_id();
+    let same_hash = s.create(&hash("a"), &simple_record(&other, "u")).await;
+    assert!(
+        matches!(same_hash, Err(StoreError::Conflict(_))),
+        "{same_hash:?}"
+    );
+    // Neither failed create left anything behind.
+    assert!(s.lookup(&hash("b")).await.unwrap().is_none());
+    assert!(s.get(&other).await.unwrap().is_none());
+    assert_eq!(s.lookup(&hash("a")).await.unwrap().unwrap().record.id, id);
+    // The conflicting id can still be created with a fresh hash.
+    s.create(&hash("c"), &simple_record(&other, "u"))
+        .await
+        .unwrap();
+}
+
+async fn unknown_hash_and_id_resolve_to_none(s: &dyn TokenStore) {
+    assert!(s.lookup(&hash("nope")).await.unwrap().is_none());
+    assert!(s.get("nope").await.unwrap().is_none());
+    assert!(s.update("nope", &|_| Ok(())).await.unwrap().is_none());
+    assert!(
+        s.rotate("nope", &hash("x"), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(s.delete("nope").await.unwrap().is_none());
+}
+
+async fn update_applies_the_mutation_and_a_rejection_writes_nothing(s: &dyn TokenStore) {
+    let id = new_id();
+    s.create(&hash("a"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    let changed = s
+        .update(&id, &|r| {
+            r.name = "renamed".into();
+            r.is_active = false;
+            Ok(())
+        })
+        .await
+        .unwrap()
+        .expect("known id");
+    assert_eq!(changed.record.name, "renamed");
+    assert!(!changed.record.is_active);
+    assert_eq!(changed.hashes, vec![hash("a")]);
+    assert_eq!(s.get(&id).await.unwrap().unwrap().name, "renamed");
+    assert_eq!(
+        s.lookup(&hash("a")).await.unwrap().unwrap().record.name,
+        "renamed"
+    );
+
+    let rejected = s
+        .update(&id, &|r| {
+            r.name = "should not stick".into();
+            Err("cannot reactivate".into())
+        })
+        .await;
+    match rejected {
+        Err(StoreError::Rejected(msg)) => assert_eq!(msg, "cannot reactivate"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(s.get(&id).await.unwrap().unwrap().name, "renamed");
+}
+
+async fn rotate_with_grace_keeps_the_old_secret_until_the_grace_ends(s: &dyn TokenStore) {
+    let id = new_id();
+    let r = simple_record(&id, "u");
+    s.create(&hash("v1"), &r).await.unwrap();
+    let before = Timestamp::now();
+    let changed = s
+        .rotate(&id, &hash("v2"), Duration::from_millis(1500))
+        .await
+        .unwrap()
+        .expect("known id");
+    assert_eq!(changed.record.id, id);
+    assert!(changed.hashes.contains(&hash("v1")) && changed.hashes.contains(&hash("v2")));
+
+    let new = s.lookup(&hash("v2")).await.unwrap().expect("new secret");
+    assert_eq!(new.record, r);
+    assert_eq!(new.grace_until, None);
+    let old = s
+        .lookup(&hash("v1"))
+        .await
+        .unwrap()
+        .expect("old secret in grace");
+    assert_eq!(old.record, r);
+    let until = old.grace_until.expect("grace_until set");
+    assert!(until > before && until <= Timestamp::now() + SignedDuration::from_secs(2));
+
+    // A second rotation: both older secrets follow the newest record.
+    let changed = s
+        .rotate(&id, &hash("v3"), Duration::from_millis(1500))
+        .await
+        .unwrap()
+        .unwrap();
+    for h in ["v1", "v2", "v3"] {
+        assert!(changed.hashes.contains(&hash(h)), "hashes miss {h}");
+    }
+    s.update(&id, &|r| {
+        r.name = "after rotate".into();
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for h in ["v1", "v2", "v3"] {
+        let l = s.lookup(&hash(h)).await.unwrap().expect(h);
+        assert_eq!(l.record.name, "after rotate", "{h}");
+    }
+    assert!(
+        s.lookup(&hash("v3"))
+            .await
+            .unwrap()
+            .unwrap()
+            .grace_until
+            .is_none()
+    );
+
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(s.lookup(&hash("v1")).await.unwrap().is_none());
+    assert!(s.lookup(&hash("v2")).await.unwrap().is_none());
+    assert!(s.lookup(&hash("v3")).await.unwrap().is_some());
+    assert_eq!(s.get(&id).await.unwrap().unwrap().name, "after rotate");
+}
+
+async fn rotate_without_grace_invalidates_the_old_secret_at_once(s: &dyn TokenStore) {
+    let id = new_id();
+    s.create(&hash("v1"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    let changed = s
+        .rotate(&id, &hash("v2"), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(changed.hashes.contains(&hash("v1")) && changed.hashes.contains(&hash("v2")));
+    assert!(s.lookup(&hash("v1")).await.unwrap().is_none());
+    assert!(s.lookup(&hash("v2")).await.unwrap().is_some());
+    // Rotating onto a hash that is taken is a conflict and changes nothing.
+    let other = new_id();
+    s.create(&hash("o"), &simple_record(&other, "u"))
+        .await
+        .unwrap();
+    let r = s.rotate(&id, &hash("o"), Duration::ZERO).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    assert_eq!(s.lookup(&hash("v2")).await.unwrap().unwrap().record.id, id);
+    assert_eq!(
+        s.lookup(&hash("o")).await.unwrap().unwrap().record.id,
+        other
+    );
+}
+
+async fn delete_removes_every_hash(s: &dyn TokenStore) {
+    let id = new_id();
+    s.create(&hash("v1"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    s.rotate(&id, &hash("v2"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let changed = s.delete(&id).await.unwrap().expect("known id");
+    assert_eq!(changed.record.id, id);
+    assert!(changed.hashes.contains(&hash("v1")) && changed.hashes.contains(&hash("v2")));
+    assert!(s.lookup(&hash("v1")).await.unwrap().is_none());
+    assert!(s.lookup(&hash("v2")).await.unwrap().is_none());
+    assert!(s.get(&id).await.unwrap().is_none());
+    assert!(s.list(&query(100)).await.unwrap().items.is_empty());
+    assert!(s.delete(&id).await.unwrap().is_none());
+}
+
+async fn list_applies_each_filter(s: &dyn TokenStore) {
+    let now = Timestamp::now();
+    let mk = |owner: &str| simple_record(&new_id(), owner);
+    let mut a = mk("alice");
+    a.name = "Alpha deploy".into();
+    a.org_id = Some("org-a".into());
+    a.expires_at = Some(now + SignedDuration::from_hours(48));
+    let mut b = mk("bob");
+    b.description = "nightly BACKUP job".into();
+    b.kind = TokenType::Project;
+    b.project_id = Some("proj-b".into());
+    b.org_id = Some("org-a".into());
+    b.expires_at = Some(now + SignedDuration::from_hours(24 * 30));
+    let mut c = mk("alice");
+    c.is_active = false;
+    let mut d = mk("carol");
+    d.revoked_at = Some(now);
+    d.kind = TokenType::Organization;
+    let mut e = mk("carol");
+    e.expires_at = Some(now - SignedDuration::from_hours(1));
+    for (i, r) in [&a, &b, &c, &d, &e].into_iter().enumerate() {
+        s.create(&hash(&format!("l{i}")), r).await.unwrap();
+    }
+    let ids = |q: ListQuery| async move {
+        let page = s.list(&q).await.unwrap();
+        assert!(page.next_cursor.is_none());
+        page.items
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<BTreeSet<_>>()
+    };
+    let set = |rs: &[&TokenRecord]| rs.iter().map(|r| r.id.clone()).collect::<BTreeSet<_>>();
+
+    assert_eq!(ids(query(100)).await, set(&[&a, &b, &c, &d, &e]));
+    let q = |f: fn(&mut ListQuery)| {
+        let mut q = query(100);
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        ids(q(|q| q.owner_id = Some("alice".into()))).await,
+        set(&[&a, &c])
+    );
+    assert_eq!(
+        ids(q(|q| q.org_id = Some("org-a".into()))).await,
+        set(&[&a, &b])
+    );
+    assert_eq!(
+        ids(q(|q| q.project_id = Some("proj-b".into()))).await,
+        set(&[&b])
+    );
+    assert_eq!(
+        ids(q(|q| q.kind = Some(TokenType::Organization))).await,
+        set(&[&d])
+    );
+    assert_eq!(ids(q(|q| q.active = Some(true))).await, set(&[&a, &b]));
+    assert_eq!(ids(q(|q| q.active = Some(false))).await, set(&[&c, &d, &e]));
+    assert_eq!(ids(q(|q| q.q = Some("alpha".into()))).await, set(&[&a]));
+    assert_eq!(ids(q(|q| q.q = Some("backup".into()))).await, set(&[&b]));
+    assert_eq!(
+        ids(q(|q| q.expiring_within_days = Some(7))).await,
+        set(&[&a])
+    );
+    assert_eq!(
+        ids(q(|q| {
+            q.owner_id = Some("carol".into());
+            q.kind = Some(TokenType::User);
+        }))
+        .await,
+        set(&[&e])
+    );
+}
+
+async fn list_pages_with_a_cursor_without_duplicates_or_omissions(s: &dyn TokenStore) {
+    let mut all = BTreeSet::new();
+    for i in 0..250 {
+        let id = new_id();
+        let owner = if i % 3 == 0 { "three" } else { "other" };
+        s.create(&hash(&format!("p{i}")), &simple_record(&id, owner))
+            .await
+            .unwrap();
+        all.insert(id);
+    }
+    // Unfiltered: 40 per page, in id order.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = s
+            .list(&ListQuery {
+                limit: 40,
+                cursor: cursor.clone(),
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 40);
+        seen.extend(page.items.iter().map(|r| r.id.clone()));
+        // Inserts between pages land after the cursor (ids are time ordered) and
+        // must not disturb paging.
+        if pages == 2 {
+            let id = new_id();
+            s.create(&hash("late"), &simple_record(&id, "other"))
+                .await
+                .unwrap();
+            all.insert(id);
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(pages < 20, "paging does not terminate");
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages are in id order");
+    let unique: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "duplicates across pages");
+    assert_eq!(unique, all, "omissions across pages");
+
+    // Filtered paging.
+    let mut seen = BTreeSet::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .list(&ListQuery {
+                owner_id: Some("three".into()),
+                limit: 15,
+                cursor: cursor.clone(),
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        for r in &page.items {
+            assert_eq!(r.owner_id, "three");
+            assert!(seen.insert(r.id.clone()), "duplicate {}", r.id);
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 84);
+}
+
+async fn owners_can_be_disabled_and_enabled(s: &dyn TokenStore) {
+    assert!(!s.owner_disabled("user:42").await.unwrap());
+    s.set_owner_disabled("user:42", true).await.unwrap();
+    assert!(s.owner_disabled("user:42").await.unwrap());
+    assert!(!s.owner_disabled("user:43").await.unwrap());
+    s.set_owner_disabled("user:42", true).await.unwrap();
+    s.set_owner_disabled("user:42", false).await.unwrap();
+    assert!(!s.owner_disabled("user:42").await.unwrap());
+    s.set_owner_disabled("user:42", false).await.unwrap();
+}
+
+async fn usage_accumulates_and_last_used_only_moves_forward(s: &dyn TokenStore) {
+    let id = new_id();
+    s.create(&hash("u"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    let t = |ms: i64| Timestamp::from_millisecond(1_800_000_000_000 + ms).unwrap();
+    let delta = |id: &str, count, at| UsageDelta {
+        id: id.to_string(),
+        count,
+        last_used_at: at,
+    };
+    s.record_usage(&[delta(&id, 3, t(100)), delta("unknown-id", 5, t(999))])
+        .await
+        .unwrap();
+    let r = s.get(&id).await.unwrap().unwrap();
+    assert_eq!((r.usage_count, r.last_used_at), (3, Some(t(100))));
+    s.record_usage(&[delta(&id, 2, t(50))]).await.unwrap();
+    let r = s.get(&id).await.unwrap().unwrap();
+    assert_eq!((r.usage_count, r.last_used_at), (5, Some(t(100))));
+    s.record_usage(&[delta(&id, 1, t(200))]).await.unwrap();
+    s.record_usage(&[]).await.unwrap();
+    let r = s.get(&id).await.unwrap().unwrap();
+    assert_eq!((r.usage_count, r.last_used_at), (6, Some(t(200))));
+    // Listing shows it too, and an update keeps it.
+    let listed = s.list(&query(10)).await.unwrap().items;
+    assert_eq!(listed[0].usage_count, 6);
+    let changed = s.update(&id, &|_| Ok(())).await.unwrap().unwrap();
+    assert_eq!(changed.record.usage_count, 6);
+    assert_eq!(s.get(&id).await.unwrap().unwrap().usage_count, 6);
+    // The unknown id was skipped, not created.
+    assert!(s.get("unknown-id").await.unwrap().is_none());
+}
+
+async fn creations_are_counted_per_owner_within_a_window(s: &dyn TokenStore) {
+    let hour = Duration::from_secs(3600);
+    for expected in 1..=3 {
+        let (n, left) = s.count_creation("alice", hour).await.unwrap();
+        assert_eq!(n, expected);
+        assert!(left > Duration::ZERO && left <= hour, "{left:?}");
+    }
+    assert_eq!(s.count_creation("bob", hour).await.unwrap().0, 1);
+    // A one-second window rolls over quickly.
+    let sec = Duration::from_secs(1);
+    let (first, left) = s.count_creation("carol", sec).await.unwrap();
+    assert!(left <= sec);
+    tokio::time::sleep(left + Duration::from_millis(50)).await;
+    let (after, _) = s.count_creation("carol", sec).await.unwrap();
+    assert_eq!((first, after), (1, 1));
+}
+
+async fn audit_lists_newest_first_with_filters_and_cursor(s: &dyn TokenStore) {
+    let start = Timestamp::now();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        // Distinct milliseconds keep ULIDs in append order.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let ev = AuditEvent {
+            id: new_id(),
+            time: Timestamp::now(),
+            actor: if i % 2 == 0 { "admin:ops" } else { "token:t1" }.to_string(),
+            action: "token.update".to_string(),
+            token_id: Some(format!("tok{}", i % 3)),
+            owner_id: Some("alice".to_string()),
+            source_ip: Some("127.0.0.1".to_string()),
+            outcome: "success".to_string(),
+            details: serde_json::json!({"fields": ["name"], "i": i}),
+        };
+        s.append_audit(&ev).await.unwrap();
+        ids.push(ev);
+    }
+    let list = |q: AuditQuery| async move { s.list_audit(&q).await.unwrap() };
+    let all = list(AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    })
+    .await;
+    let newest_first: Vec<_> = ids.iter().rev().cloned().collect();
+    assert_eq!(all, newest_first);
+
+    // Cursor paging: strictly older than the last id seen.
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = list(AuditQuery {
+            limit: 5,
+            cursor: cursor.clone(),
+            ..AuditQuery::default()
+        })
+        .await;
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().map(|e| e.id.clone());
+        paged.extend(page);
+    }
+    assert_eq!(paged, newest_first);
+
+    let by_token = list(AuditQuery {
+        token_id: Some("tok1".into()),
+        limit: 100,
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(by_token.len(), 4);
+    assert!(
+        by_token
+            .iter()
+            .all(|e| e.token_id.as_deref() == Some("tok1"))
+    );
+    let by_actor = list(AuditQuery {
+        actor: Some("token:t1".into()),
+        limit: 3,
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(by_actor.len(), 3);
+    assert_eq!(by_actor[0], ids[11]);
+    let since = list(AuditQuery {
+        since: Some(ids[8].time),
+        limit: 100,
+        ..AuditQuery::default()
+    })
+    .await;
+    assert_eq!(since, newest_first[..4].to_vec());
+    let future = list(AuditQuery {
+        since: Some(Timestamp::now() + SignedDuration::from_secs(10)),
+        limit: 100,
+        ..AuditQuery::default()
+    })
+    .await;
+    assert!(future.is_empty());
+    assert!(ids[0].time >= start);
+}
+
+async fn published_invalidations_reach_subscribers(s: &dyn TokenStore) {
+    let mut rx = s.subscribe();
+    s.publish(&Invalidation::Hash(hash("x"))).await.unwrap();
+    assert_eq!(next_specific(&mut rx).await, Invalidation::Hash(hash("x")));
+    s.publish(&Invalidation::Owner("user:1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_specific(&mut rx).await,
+        Invalidation::Owner("user:1".into())
+    );
+    s.ping().await.unwrap();
+}
+
+// ---------------------------------------------------------------- backends
+
+struct Embedded {
+    store: EmbeddedStore,
+    _dir: tempfile::TempDir,
+}
+
+fn embedded() -> Embedded {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&EmbeddedSettings {
+        // A nested path also checks that parent directories are created.
+        path: dir.path().join("nested/dir/patgate.redb"),
+        audit_max_events: 1000,
+    })
+    .unwrap();
+    Embedded { store, _dir: dir }
+}
+
+fn redis_settings(url: String) -> RedisSettings {
+    RedisSettings {
+        urls: vec![url],
+        cluster: false,
+        command_timeout: Duration::from_millis(250),
+        connect_timeout: Duration::from_millis(500),
+        key_prefix: "patgate:".to_string(),
+        audit_max_events: 1000,
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_store {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let e = super::embedded();
+                    super::$name(&e.store).await;
+                }
+            )*
+        }
+        mod redis_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = super::RedisServer::start();
+                    let store = super::RedisStore::connect(&super::redis_settings(server.url()))
+                        .await
+                        .unwrap();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod redis_cluster_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = super::RedisServer::start_cluster();
+                    let mut settings = super::redis_settings(server.url());
+                    settings.cluster = true;
+                    let store = super::RedisStore::connect(&settings).await.unwrap();
+                    super::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    create_lookup_and_get_round_trip_every_field,
+    duplicate_id_or_hash_is_a_conflict,
+    unknown_hash_and_id_resolve_to_none,
+    update_applies_the_mutation_and_a_rejection_writes_nothing,
+    rotate_with_grace_keeps_the_old_secret_until_the_grace_ends,
+    rotate_without_grace_invalidates_the_old_secret_at_once,
+    delete_removes_every_hash,
+    list_applies_each_filter,
+    list_pages_with_a_cursor_without_duplicates_or_omissions,
+    owners_can_be_disabled_and_enabled,
+    usage_accumulates_and_last_used_only_moves_forward,
+    creations_are_counted_per_owner_within_a_window,
+    audit_lists_newest_first_with_filters_and_cursor,
+    published_invalidations_reach_subscribers,
+);
+
+#[tokio::test]
+async fn embedded_store_persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = EmbeddedSettings {
+        path: dir.path().join("p.redb"),
+        audit_max_events: 3,
+    };
+    let id = new_id();
+    {
+        let s = EmbeddedStore::open(&settings).unwrap();
+        s.create(&hash("a"), &simple_record(&id, "u"))
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            s.append_audit(&AuditEvent {
+                id: new_id(),
+                time: Timestamp::now(),
+                actor: "admin:ops".into(),
+                action: "token.create".into(),
+                token_id: None,
+                owner_id: None,
+                source_ip: None,
+                outcome: "success".into(),
+                details: serde_json::Value::Null,
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let s = EmbeddedStore::open(&settings).unwrap();
+    assert_eq!(s.lookup(&hash("a")).await.unwrap().unwrap().record.id, id);
+    let audit = s
+        .list_audit(&AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 3, "trimmed to audit_max_events");
+}
+
+// ---------------------------------------------------------------- Redis only
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_invalidations_reach_another_instance() {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(&redis_settings(server.url()))
+        .await
+        .unwrap();
+    let b = RedisStore::connect(&redis_settings(server.url()))
+        .await
+        .unwrap();
+    assert!(a.is_subscribed() && b.is_subscribed());
+    let mut rx_b = b.subscribe();
+    let mut rx_a = a.subscribe();
+    // A healthy subscription stays up: its keep-alive pings cause no reconnects (and
+    // so no spurious `All`).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(matches!(
+        rx_b.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+    a.publish(&Invalidation::Hash(hash("shared")))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_specific(&mut rx_b).await,
+        Invalidation::Hash(hash("shared"))
+    );
+    assert_eq!(
+        next_specific(&mut rx_a).await,
+        Invalidation::Hash(hash("shared"))
+    );
+    // And data written by one is read by the other.
+    let id = new_id();
+    a.create(&hash("shared"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.lookup(&hash("shared")).await.unwrap().unwrap().record.id,
+        id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_fast_then_recovers_and_clears_caches() {
+    let mut server = RedisServer::start();
+    let store = Arc::new(
+        RedisStore::connect(&redis_settings(server.url()))
+            .await
+            .unwrap(),
+    );
+    let mut rx = store.subscribe();
+    let id = new_id();
+    store
+        .create(&hash("o"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    assert!(store.lookup(&hash("o")).await.unwrap().is_some());
+
+    server.stop();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = store.lookup(&hash("o")).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(800),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    let t = Instant::now();
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(t.elapsed() < Duration::from_millis(800));
+    let s = store.clone();
+    eventually("dead pub/sub noticed", Duration::from_secs(2), move || {
+        let s = s.clone();
+        async move { !s.is_subscribed() }
+    })
+    .await;
+
+    server.restart();
+    let s = store.clone();
+    eventually("commands work again", Duration::from_secs(5), move || {
+        let s = s.clone();
+        async move { s.ping().await.is_ok() }
+    })
+    .await;
+    // A fresh server (no persistence): the store writes and reads again.
+    let id2 = new_id();
+    store
+        .create(&hash("o2"), &simple_record(&id2, "u"))
+        .await
+        .unwrap();
+    assert!(store.lookup(&hash("o2")).await.unwrap().is_some());
+
+    // The subscriber is told to clear everything once the subscription is back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no Invalidation::All after reconnect")
+            .unwrap();
+        if got == Invalidation::All {
+            break;
+        }
+    }
+    assert!(store.is_subscribed());
+    store
+        .publish(&Invalidation::Owner("back".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_specific(&mut rx).await,
+        Invalidation::Owner("back".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_connects_anyway_and_recovers() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let t = Instant::now();
+    let store = Arc::new(
+        RedisStore::connect(&redis_settings(server.url()))
+            .await
+            .expect("connect must not fail while Redis is down"),
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    let mut rx = store.subscribe();
+    let t = Instant::now();
+    let r = store.lookup(&hash("x")).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(t.elapsed() < Duration::from_millis(800));
+
+    server.restart();
+    let s = store.clone();
+    eventually(
+        "commands work once Redis is up",
+        Duration::from_secs(5),
+        move || {
+            let s = s.clone();
+            async move { s.ping().await.is_ok() }
+        },
+    )
+    .await;
+    let id = new_id();
+    store
+        .create(&hash("x"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    assert!(store.lookup(&hash("x")).await.unwrap().is_some());
+    let s = store.clone();
+    eventually("subscribed", Duration::from_secs(5), move || {
+        let s = s.clone();
+        async move { s.is_subscribed() }
+    })
+    .await;
+    store.publish(&Invalidation::Hash(hash("x"))).await.unwrap();
+    assert_eq!(next_specific(&mut rx).await, Invalidation::Hash(hash("x")));
+}
