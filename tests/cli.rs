@@ -35,8 +35,17 @@ fn check_config_exits_0_for_valid_and_2_listing_every_problem() {
         "store:\n  backend: embedded\n  embedded:\n    path: /tmp/x.redb\nroutes:\n  - name: a\n    path_prefix: /\n    upstream: http://127.0.0.1:3000\n",
     )
     .unwrap();
-    let out = Command::new(binary()).args(["check-config", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
@@ -44,23 +53,44 @@ fn check_config_exits_0_for_valid_and_2_listing_every_problem() {
         "listen: nowhere\ntokens:\n  prefix: BAD\nroutes:\n  - name: a\n    path_prefix: api\n    upstream: billing\n",
     )
     .unwrap();
-    let out = Command::new(binary()).args(["check-config", "--config"]).arg(&bad).output().unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().collect();
     assert!(lines.len() >= 4, "{err}");
-    assert!(lines.iter().all(|l| l.starts_with("config error: ")), "{err}");
-    for path in ["listen", "tokens.prefix", "routes[0].path_prefix", "routes[0].upstream"] {
-        assert!(err.contains(&format!("config error: {path}: ")), "missing {path}: {err}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("config error: ")),
+        "{err}"
+    );
+    for path in [
+        "listen",
+        "tokens.prefix",
+        "routes[0].path_prefix",
+        "routes[0].upstream",
+    ] {
+        assert!(
+            err.contains(&format!("config error: {path}: ")),
+            "missing {path}: {err}"
+        );
     }
     // Missing file.
-    let out = Command::new(binary()).args(["check-config", "--config", "/nonexistent.yaml"]).output().unwrap();
+    let out = Command::new(binary())
+        .args(["check-config", "--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn admin_key_new_prints_a_key_and_its_sha256_line() {
-    let out = Command::new(binary()).args(["admin-key", "new", "--name", "ops"]).output().unwrap();
+    let out = Command::new(binary())
+        .args(["admin-key", "new", "--name", "ops"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let key = text
@@ -85,9 +115,27 @@ async fn token_subcommands_drive_the_admin_api() {
     let admin = gw.admin_url.clone();
     let (code, out, err) = patgate(
         &[
-            "token", "create", "--json", "--name", "cli", "--owner", "u9", "--org", "o1", "--scope", "documents",
-            "--scope", "billing", "--permission", "read", "--expires-in-days", "10", "--allow-ip", "127.0.0.1",
-            "--rate-limit", "50/1",
+            "token",
+            "create",
+            "--json",
+            "--name",
+            "cli",
+            "--owner",
+            "u9",
+            "--org",
+            "o1",
+            "--scope",
+            "documents",
+            "--scope",
+            "billing",
+            "--permission",
+            "read",
+            "--expires-in-days",
+            "10",
+            "--allow-ip",
+            "127.0.0.1",
+            "--rate-limit",
+            "50/1",
         ],
         &admin,
     );
@@ -97,12 +145,24 @@ async fn token_subcommands_drive_the_admin_api() {
     common::secrets::register(&token);
     let record = &created["record"];
     let id = record["id"].as_str().unwrap().to_string();
-    assert_eq!(record["scopes"], serde_json::json!(["documents", "billing"]));
+    assert_eq!(
+        record["scopes"],
+        serde_json::json!(["documents", "billing"])
+    );
     assert_eq!(record["rateLimit"]["requests"], 50);
     assert_eq!(record["ipAllowlist"], serde_json::json!(["127.0.0.1/32"]));
     let status = |t: String| {
         let url = format!("{}/x", gw.url);
-        async move { reqwest::Client::new().get(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     };
     assert_eq!(status(token.clone()).await, 200);
 
@@ -118,16 +178,25 @@ async fn token_subcommands_drive_the_admin_api() {
     let (code, _, err) = patgate(&["token", "update", &id, "--name", "renamed"], &admin);
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = patgate(&["token", "show", &id, "--json"], &admin);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["name"], "renamed");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["name"],
+        "renamed"
+    );
 
     assert_eq!(patgate(&["token", "deactivate", &id], &admin).0, 0);
     assert_eq!(status(token.clone()).await, 401);
     assert_eq!(patgate(&["token", "activate", &id], &admin).0, 0);
     assert_eq!(status(token.clone()).await, 200);
 
-    let (code, out, _) = patgate(&["token", "regenerate", &id, "--grace-seconds", "0", "--json"], &admin);
+    let (code, out, _) = patgate(
+        &["token", "regenerate", &id, "--grace-seconds", "0", "--json"],
+        &admin,
+    );
     assert_eq!(code, 0);
-    let new_token = serde_json::from_str::<Value>(&out).unwrap()["token"].as_str().unwrap().to_string();
+    let new_token = serde_json::from_str::<Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     common::secrets::register(&new_token);
     assert_eq!(status(token.clone()).await, 401);
     assert_eq!(status(new_token.clone()).await, 200);
@@ -135,7 +204,12 @@ async fn token_subcommands_drive_the_admin_api() {
     let legacy = "pat_legacy-imported";
     common::secrets::register(legacy);
     let sha = patgate::token::TokenHash::of(legacy).to_hex();
-    let (code, _, err) = patgate(&["token", "import", "--sha256", &sha, "--name", "imp", "--owner", "u9"], &admin);
+    let (code, _, err) = patgate(
+        &[
+            "token", "import", "--sha256", &sha, "--name", "imp", "--owner", "u9",
+        ],
+        &admin,
+    );
     assert_eq!(code, 0, "{err}");
 
     assert_eq!(patgate(&["token", "revoke", &id], &admin).0, 0);
@@ -150,7 +224,11 @@ async fn token_subcommands_drive_the_admin_api() {
     assert_eq!(code, 1);
     assert!(err.contains("name:"), "{err}");
     // No admin key: a clear message, exit 2.
-    let out = Command::new(binary()).args(["token", "list", "--admin-url", &admin]).env_remove("PATGATE_ADMIN_KEY").output().unwrap();
+    let out = Command::new(binary())
+        .args(["token", "list", "--admin-url", &admin])
+        .env_remove("PATGATE_ADMIN_KEY")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PATGATE_ADMIN_KEY"));
 }
@@ -158,7 +236,13 @@ async fn token_subcommands_drive_the_admin_api() {
 #[tokio::test]
 async fn dev_mode_needs_no_redis_and_prints_a_working_token() {
     let mut child = Command::new(binary())
-        .args(["dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .env("PATH", "/nonexistent") // no redis-server reachable, on purpose
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -176,11 +260,16 @@ async fn dev_mode_needs_no_redis_and_prints_a_working_token() {
             }
         }
     });
-    let lines = rx.recv_timeout(Duration::from_secs(20)).expect("dev banner");
+    let lines = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("dev banner");
     let word_after = |marker: &str| -> String {
         lines
             .iter()
-            .find_map(|l| l.split_once(marker).map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string()))
+            .find_map(|l| {
+                l.split_once(marker)
+                    .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string())
+            })
             .unwrap_or_else(|| panic!("no {marker} in {lines:?}"))
     };
     let token = word_after("export PAT=");
@@ -189,12 +278,29 @@ async fn dev_mode_needs_no_redis_and_prints_a_working_token() {
     let admin = word_after("admin API:");
     common::secrets::register(&token);
     let http = reqwest::Client::new();
-    let resp = http.get(format!("{data}/hello")).bearer_auth(&token).send().await.unwrap();
+    let resp = http
+        .get(format!("{data}/hello"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let echo: Value = resp.json().await.unwrap();
     assert_eq!(echo["headers"]["x-auth-user-id"], "dev-user");
-    assert_eq!(http.get(format!("{data}/hello")).send().await.unwrap().status(), 401);
-    let resp = http.get(format!("{admin}/v1/tokens")).bearer_auth(&admin_key).send().await.unwrap();
+    assert_eq!(
+        http.get(format!("{data}/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let resp = http
+        .get(format!("{admin}/v1/tokens"))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let _ = child.kill();
     let _ = child.wait();

@@ -96,7 +96,11 @@ fn reader() -> Value {
 }
 
 impl Env {
-    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    async fn get(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let mut req = self.http.get(format!("{}{}", self.gw.url, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -147,10 +151,18 @@ async fn valid_token_reaches_upstream_with_identity_headers() {
     assert_eq!(up["x-auth-project-id"], "p-1");
     assert_eq!(up["x-auth-scopes"], "documents,billing");
     assert_eq!(up["x-auth-permissions"], "read,write");
-    assert!(up.get("authorization").is_none(), "Authorization must not be forwarded");
+    assert!(
+        up.get("authorization").is_none(),
+        "Authorization must not be forwarded"
+    );
     assert_eq!(up["x-forwarded-for"], "127.0.0.1");
     assert_eq!(up["x-forwarded-proto"], "http");
-    assert!(up["x-forwarded-host"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        up["x-forwarded-host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     // Rate-limit headers on allowed responses; hop-by-hop headers of the upstream dropped.
     assert_eq!(h["ratelimit-limit"], "1000");
     assert!(h.contains_key("ratelimit-remaining"));
@@ -189,7 +201,8 @@ async fn every_malformed_credential_is_rejected_before_lookup() {
     }
     // A well-formed token that does not exist.
     let unknown = patgate::token::generate("pat_").unwrap();
-    e.expect_error("/api/x", Some(&unknown), 401, "Invalid PAT").await;
+    e.expect_error("/api/x", Some(&unknown), 401, "Invalid PAT")
+        .await;
     // Checksum failures never reached Redis: its command stats show one GET per
     // unknown well-formed token at most, and none for the malformed ones.
     let info = e.redis.cli(&["INFO", "commandstats"]);
@@ -200,7 +213,10 @@ async fn every_malformed_credential_is_rejected_before_lookup() {
         .and_then(|v| v.split(',').next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    assert!(gets <= 2, "malformed tokens must not reach the store (GET calls: {gets})");
+    assert!(
+        gets <= 2,
+        "malformed tokens must not reach the store (GET calls: {gets})"
+    );
 }
 
 #[tokio::test]
@@ -209,22 +225,37 @@ async fn token_states_revoked_expired_inactive_owner_disabled() {
     // revoked
     let (t1, r1) = e.admin.create(reader()).await;
     assert_eq!(e.get("/api/x", Some(&t1)).await.0, 200);
-    let (s, _) = e.admin.post(&format!("/v1/tokens/{}/revoke", r1["id"].as_str().unwrap())).await;
+    let (s, _) = e
+        .admin
+        .post(&format!("/v1/tokens/{}/revoke", r1["id"].as_str().unwrap()))
+        .await;
     assert_eq!(s, 200);
-    e.expect_error("/api/x", Some(&t1), 401, "PAT has been revoked").await;
+    e.expect_error("/api/x", Some(&t1), 401, "PAT has been revoked")
+        .await;
 
     // inactive, then active again
     let (t2, r2) = e.admin.create(reader()).await;
     let id2 = r2["id"].as_str().unwrap();
     assert_eq!(e.get("/api/x", Some(&t2)).await.0, 200);
-    assert_eq!(e.admin.post(&format!("/v1/tokens/{id2}/deactivate")).await.0, 200);
-    e.expect_error("/api/x", Some(&t2), 401, "PAT is inactive").await;
-    assert_eq!(e.admin.post(&format!("/v1/tokens/{id2}/activate")).await.0, 200);
+    assert_eq!(
+        e.admin
+            .post(&format!("/v1/tokens/{id2}/deactivate"))
+            .await
+            .0,
+        200
+    );
+    e.expect_error("/api/x", Some(&t2), 401, "PAT is inactive")
+        .await;
+    assert_eq!(
+        e.admin.post(&format!("/v1/tokens/{id2}/activate")).await.0,
+        200
+    );
     assert_eq!(e.get("/api/x", Some(&t2)).await.0, 200);
 
     // owner disabled, then enabled
     assert_eq!(e.admin.post("/v1/owners/user-42/disable").await.0, 200);
-    e.expect_error("/api/x", Some(&t2), 401, "PAT is inactive").await;
+    e.expect_error("/api/x", Some(&t2), 401, "PAT is inactive")
+        .await;
     assert_eq!(e.admin.post("/v1/owners/user-42/enable").await.0, 200);
     assert_eq!(e.get("/api/x", Some(&t2)).await.0, 200);
 
@@ -235,17 +266,23 @@ async fn token_states_revoked_expired_inactive_owner_disabled() {
     let (t3, _) = e.admin.create(body).await;
     assert_eq!(e.get("/api/x", Some(&t3)).await.0, 200);
     tokio::time::sleep(Duration::from_millis(1700)).await;
-    e.expect_error("/api/x", Some(&t3), 401, "PAT has expired").await;
+    e.expect_error("/api/x", Some(&t3), 401, "PAT has expired")
+        .await;
 
     // deleted
     let (t4, r4) = e.admin.create(reader()).await;
     assert_eq!(e.get("/api/x", Some(&t4)).await.0, 200);
     let (s, _) = e
         .admin
-        .call(reqwest::Method::DELETE, &format!("/v1/tokens/{}", r4["id"].as_str().unwrap()), None)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{}", r4["id"].as_str().unwrap()),
+            None,
+        )
         .await;
     assert_eq!(s, 204);
-    e.expect_error("/api/x", Some(&t4), 401, "Invalid PAT").await;
+    e.expect_error("/api/x", Some(&t4), 401, "Invalid PAT")
+        .await;
 }
 
 #[tokio::test]
@@ -255,12 +292,24 @@ async fn route_policy_scopes_permissions_methods_and_project_binding() {
         .admin
         .create(json!({"name": "n", "ownerId": "u1", "permissions": ["read"]}))
         .await;
-    e.expect_error("/api/x", Some(&no_scope), 403, "PAT lacks required scope: documents").await;
+    e.expect_error(
+        "/api/x",
+        Some(&no_scope),
+        403,
+        "PAT lacks required scope: documents",
+    )
+    .await;
     let (no_perm, _) = e
         .admin
         .create(json!({"name": "n", "ownerId": "u1", "scopes": ["documents"]}))
         .await;
-    e.expect_error("/api/x", Some(&no_perm), 403, "PAT lacks required permission: read").await;
+    e.expect_error(
+        "/api/x",
+        Some(&no_perm),
+        403,
+        "PAT lacks required permission: read",
+    )
+    .await;
 
     // permissions_by_method: GET needs read, POST needs write.
     let (read_only, _) = e
@@ -277,7 +326,10 @@ async fn route_policy_scopes_permissions_methods_and_project_binding() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "PAT lacks required permission: write");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "PAT lacks required permission: write"
+    );
 
     // project binding
     let (proj, _) = e
@@ -285,7 +337,13 @@ async fn route_policy_scopes_permissions_methods_and_project_binding() {
         .create(json!({"name": "p", "ownerId": "u1", "type": "project", "projectId": "p-1"}))
         .await;
     assert_eq!(e.get("/v1/projects/p-1/docs", Some(&proj)).await.0, 200);
-    e.expect_error("/v1/projects/p-2/docs", Some(&proj), 403, "PAT is not valid for this project").await;
+    e.expect_error(
+        "/v1/projects/p-2/docs",
+        Some(&proj),
+        403,
+        "PAT is not valid for this project",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -305,7 +363,10 @@ async fn ip_allowlist_and_spoofed_forwarded_for_from_untrusted_peer() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "IP address not allowed for this PAT");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "IP address not allowed for this PAT"
+    );
     let (loopback, _) = e
         .admin
         .create(json!({"name": "n", "ownerId": "u1", "ipWhitelist": ["127.0.0.1"]}))
@@ -320,7 +381,10 @@ async fn ip_allowlist_and_spoofed_forwarded_for_from_untrusted_peer() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1", "spoofed XFF must be replaced");
+    assert_eq!(
+        body["headers"]["x-forwarded-for"], "127.0.0.1",
+        "spoofed XFF must be replaced"
+    );
 }
 
 #[tokio::test]
@@ -339,11 +403,17 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     };
     assert_eq!(send("203.0.113.7").await.unwrap().status(), 200);
     // Right-most untrusted entry wins: a client cannot prepend its way in.
-    assert_eq!(send("203.0.113.7, 198.51.100.1").await.unwrap().status(), 403);
+    assert_eq!(
+        send("203.0.113.7, 198.51.100.1").await.unwrap().status(),
+        403
+    );
     let resp = send("198.51.100.1, 203.0.113.7, 127.0.0.5").await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["headers"]["x-forwarded-for"], "198.51.100.1, 203.0.113.7, 127.0.0.5, 127.0.0.1");
+    assert_eq!(
+        body["headers"]["x-forwarded-for"],
+        "198.51.100.1, 203.0.113.7, 127.0.0.5, 127.0.0.1"
+    );
 }
 
 #[tokio::test]
@@ -370,7 +440,10 @@ async fn spoofed_identity_headers_are_stripped_on_every_route() {
             .iter()
             .filter(|(_, v)| ["admin", "forged", "everything"].contains(&v.as_str().unwrap_or("")))
             .collect();
-        assert!(forged.is_empty(), "{path}: forged headers reached upstream: {forged:?}");
+        assert!(
+            forged.is_empty(),
+            "{path}: forged headers reached upstream: {forged:?}"
+        );
         if tok.is_some() {
             assert_eq!(h["x-auth-user-id"], "user-42");
             assert_eq!(h["x-auth-token-id"], record["id"]);
@@ -405,9 +478,12 @@ async fn rate_limit_returns_429_with_headers() {
 async fn upstream_failures_and_missing_routes() {
     let e = env_with("timeouts:\n  upstream_response_seconds: 1\n").await;
     let (token, _) = e.admin.create(reader()).await;
-    e.expect_error("/nowhere", Some(&token), 404, "No route").await;
-    e.expect_error("/dead/x", Some(&token), 502, "Upstream unavailable").await;
-    e.expect_error("/delay/3000", Some(&token), 504, "Upstream timed out").await;
+    e.expect_error("/nowhere", Some(&token), 404, "No route")
+        .await;
+    e.expect_error("/dead/x", Some(&token), 502, "Upstream unavailable")
+        .await;
+    e.expect_error("/delay/3000", Some(&token), 504, "Upstream timed out")
+        .await;
 }
 
 #[tokio::test]
@@ -444,16 +520,28 @@ async fn revocation_reaches_a_second_gateway_within_a_second() {
     // Warm gw2's cache.
     let r = e.http.get(&url2).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let (s, _) = e.admin.post(&format!("/v1/tokens/{}/revoke", record["id"].as_str().unwrap())).await;
+    let (s, _) = e
+        .admin
+        .post(&format!(
+            "/v1/tokens/{}/revoke",
+            record["id"].as_str().unwrap()
+        ))
+        .await;
     assert_eq!(s, 200);
     let revoked_at = Instant::now();
     loop {
         let r = e.http.get(&url2).bearer_auth(&token).send().await.unwrap();
         if r.status() == 401 {
-            assert_eq!(r.json::<Value>().await.unwrap()["error"], "PAT has been revoked");
+            assert_eq!(
+                r.json::<Value>().await.unwrap()["error"],
+                "PAT has been revoked"
+            );
             break;
         }
-        assert!(revoked_at.elapsed() < Duration::from_secs(1), "second replica still accepts a revoked token");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "second replica still accepts a revoked token"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -463,17 +551,71 @@ async fn redis_outage_cached_tokens_work_uncached_get_503_then_recovery() {
     let mut e = env().await;
     let (cached, _) = e.admin.create(reader()).await;
     let (uncached, _) = e.admin.create(reader()).await;
+    let unknown = patgate::token::generate("pat_").unwrap();
     assert_eq!(e.get("/api/x", Some(&cached)).await.0, 200);
-    e.redis.stop();
-    for _ in 0..5 {
-        assert_eq!(e.get("/api/x", Some(&cached)).await.0, 200, "cached token must keep working");
+
+    // 1. Redis hangs (frozen): calls time out instead of failing fast.
+    e.redis.freeze(true);
+    for _ in 0..3 {
+        assert_eq!(
+            e.get("/api/x", Some(&cached)).await.0,
+            200,
+            "cached token must keep working"
+        );
     }
     let started = Instant::now();
-    e.expect_error("/api/x", Some(&uncached), 503, "Authentication backend unavailable").await;
-    assert!(started.elapsed() < Duration::from_secs(2), "503 must come within the store timeout");
+    e.expect_error(
+        "/api/x",
+        Some(&uncached),
+        503,
+        "Authentication backend unavailable",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "503 must come within the store timeout"
+    );
+    e.expect_error(
+        "/api/x",
+        Some(&unknown),
+        503,
+        "Authentication backend unavailable",
+    )
+    .await;
+    e.redis.freeze(false);
+
+    // 2. Redis killed (after a SAVE, as a persistent production Redis would be).
+    e.redis.cli(&["SAVE"]);
+    e.redis.stop();
+    for _ in 0..3 {
+        assert_eq!(
+            e.get("/api/x", Some(&cached)).await.0,
+            200,
+            "cached token must keep working"
+        );
+    }
+    let started = Instant::now();
+    e.expect_error(
+        "/api/x",
+        Some(&uncached),
+        503,
+        "Authentication backend unavailable",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "503 must come within the store timeout"
+    );
     // A random well-formed token is not answered 401 while the store is down either.
-    let unknown = patgate::token::generate("pat_").unwrap();
-    e.expect_error("/api/x", Some(&unknown), 503, "Authentication backend unavailable").await;
+    e.expect_error(
+        "/api/x",
+        Some(&unknown),
+        503,
+        "Authentication backend unavailable",
+    )
+    .await;
+
+    // 3. Redis is back: full recovery without restarting the gateway.
     e.redis.restart();
     let back = Instant::now();
     loop {
@@ -481,9 +623,14 @@ async fn redis_outage_cached_tokens_work_uncached_get_503_then_recovery() {
         if s == 200 {
             break;
         }
-        assert!(back.elapsed() < Duration::from_secs(5), "no recovery after Redis returned (last {s})");
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "no recovery after Redis returned (last {s})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    e.expect_error("/api/x", Some(&unknown), 401, "Invalid PAT")
+        .await;
 }
 
 #[tokio::test]
@@ -495,7 +642,8 @@ async fn one_gib_upload_and_large_download_stream_with_flat_memory() {
     const DOWN: u64 = 256 * 1024 * 1024;
     let chunk = bytes::Bytes::from(vec![b'z'; 256 * 1024]);
     let n = SIZE / chunk.len() as u64;
-    let stream = futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let stream =
+        futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
     let resp = e
         .http
         .post(format!("{}/api/upload", e.gw.url))
@@ -540,7 +688,9 @@ async fn body_limit_is_enforced_while_streaming() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 413);
-    let stream = futures_util::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 500]))));
+    let stream = futures_util::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 500]))),
+    );
     let resp = e
         .http
         .post(format!("{}/api/x", e.gw.url))
@@ -555,7 +705,9 @@ async fn body_limit_is_enforced_while_streaming() {
 /// Sends raw bytes and returns the status line and body of the answer.
 async fn raw(addr: &str, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr.trim_start_matches("http://")).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
@@ -565,7 +717,11 @@ async fn raw(addr: &str, request: &str) -> String {
 #[tokio::test]
 async fn dot_segments_cannot_escape_an_unauthenticated_route() {
     let e = env().await;
-    for path in ["/health/../api/x", "/health/%2e%2e/api/x", "/health/%2E%2e/api/x"] {
+    for path in [
+        "/health/../api/x",
+        "/health/%2e%2e/api/x",
+        "/health/%2E%2e/api/x",
+    ] {
         let answer = raw(
             &e.gw.url,
             &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
@@ -573,7 +729,11 @@ async fn dot_segments_cannot_escape_an_unauthenticated_route() {
         .await;
         assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
     }
-    let answer = raw(&e.gw.url, "GET /../../etc/passwd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    let answer = raw(
+        &e.gw.url,
+        "GET /../../etc/passwd HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let (token, _) = e.admin.create(reader()).await;
     let answer = raw(
@@ -582,5 +742,8 @@ async fn dot_segments_cannot_escape_an_unauthenticated_route() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains(r#""uri":"/api/b""#), "upstream must get the normalised path: {answer}");
+    assert!(
+        answer.contains(r#""uri":"/api/b""#),
+        "upstream must get the normalised path: {answer}"
+    );
 }

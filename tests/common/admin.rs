@@ -25,7 +25,12 @@ impl AdminApi {
     }
 
     /// Any call; returns status and JSON (Null when empty).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -49,9 +54,14 @@ impl AdminApi {
 
     /// Creates a token; panics unless 201. Returns (raw token, record).
     pub async fn create(&self, body: Value) -> (String, Value) {
-        let (status, json) = self.call(reqwest::Method::POST, "/v1/tokens", Some(body)).await;
+        let (status, json) = self
+            .call(reqwest::Method::POST, "/v1/tokens", Some(body))
+            .await;
         assert_eq!(status, 201, "create failed: {json}");
-        (json["token"].as_str().unwrap().to_string(), json["record"].clone())
+        (
+            json["token"].as_str().unwrap().to_string(),
+            json["record"].clone(),
+        )
     }
 
     /// POST without body.

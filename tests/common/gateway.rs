@@ -88,7 +88,10 @@ impl GatewayProcess {
             Ok(x) => x,
             Err(_) => {
                 let _ = child.kill();
-                panic!("patgate did not start:\n{}", logs.lock().unwrap().join("\n"));
+                panic!(
+                    "patgate did not start:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
             }
         };
         GatewayProcess {
@@ -123,7 +126,8 @@ impl GatewayProcess {
 
     /// Resident set size in KiB (Linux).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))

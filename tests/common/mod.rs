@@ -2,4 +2,8 @@
 //! what it needs (hence `dead_code` is allowed).
 #![allow(dead_code)]
 
+pub mod admin;
+pub mod gateway;
 pub mod redis;
+pub mod secrets;
+pub mod upstream;

@@ -63,6 +63,27 @@ impl RedisServer {
         self.port
     }
 
+    /// Runs `redis-cli -p <port> <args>` and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: connections stay open but get
+    /// no answer — the "Redis hangs" failure, unlike `stop`'s refused connections.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            let sig = if frozen { "-STOP" } else { "-CONT" };
+            let _ = std::process::Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// Kills the server and waits for it to exit; the port is kept for `restart`.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -39,11 +39,15 @@ impl Upstream {
 
     /// Starts the upstream on 127.0.0.1:0.
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 tokio::spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service_fn(handle))
@@ -71,10 +75,11 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         let full = n / chunk.len() as u64;
         let rest = (n % chunk.len() as u64) as usize;
-        let s = stream::iter((0..full).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))))
-            .chain(stream::iter(
-                (rest > 0).then(|| Ok(Frame::data(Bytes::from(vec![b'y'; rest])))),
-            ));
+        let s =
+            stream::iter((0..full).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))))
+                .chain(stream::iter(
+                    (rest > 0).then(|| Ok(Frame::data(Bytes::from(vec![b'y'; rest])))),
+                ));
         let body = BoxBody::new(StreamBody::new(s));
         return Ok(Response::new(body));
     }
@@ -94,7 +99,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            )
+        })
         .collect();
     let doc = serde_json::json!({
         "method": parts.method.as_str(),
@@ -112,4 +122,3 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         .body(body)
         .expect("static response"))
 }
-
