@@ -101,6 +101,14 @@ impl App {
         let flusher = self
             .usage
             .spawn_flusher(self.store.clone(), USAGE_FLUSH_INTERVAL);
+        let gateway = self.gateway.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                gateway.runtime().limiters.sweep();
+            }
+        });
         let (tx, rx) = watch::channel(false);
         let stop = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -119,6 +127,7 @@ impl App {
         let _ = data_task.await;
         let _ = admin_task.await;
         flusher.abort();
+        sweeper.abort();
         invalidations.abort();
         match self.usage.flush(self.store.as_ref()).await {
             Ok(n) => tracing::info!(tokens = n, "usage flushed"),

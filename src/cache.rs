@@ -1,30 +1,39 @@
-//! The token cache: moka in front of the [`TokenStore`], keyed by token hash.
+//! The token cache: moka in front of the [`TokenStore`], keyed by token hash, plus
+//! this replica's copy of the (small) set of disabled owners.
 //!
-//! Entries and their lifetimes:
+//! Token entries and their lifetimes:
 //! - positive (`Some(lookup)`): served for `ttl` as fresh; after that the next hit is
 //!   still served while one background refresh runs (stale-while-revalidate). If the
 //!   store is unreachable the entry keeps being served until `max_staleness` after it
 //!   was fetched, when moka evicts it — then the token gets 503, never 401.
 //! - negative (`None`, unknown hash): kept `negative_ttl`, so a flood of random
 //!   well-formed tokens costs one store call per distinct token per `negative_ttl`.
-//! - owner disabled-state: same rules as positive entries.
+//!
+//! Disabled owners: the whole set is held in memory (an `ArcSwap`), reloaded on every
+//! owner invalidation, on `All`, and every `ttl` as a backstop; checking it costs an
+//! atomic load and, only when the set is non-empty, one hash lookup. Until it has been
+//! loaded once, requests fail closed (503).
 //!
 //! Concurrent misses for one key are coalesced by moka's `try_get_with` into one
 //! store call. Invalidations (local changes and the store's pub/sub) drop entries at
 //! once; an epoch counter keeps a fetch that raced an invalidation from being cached.
-//! Cost of a hit: one moka lookup (no allocation, no lock held across `await`).
+//! Cost of a hit: one moka lookup (no allocation, no lock held across `await`; keys
+//! are hashed by [`HashKeyHasher`], times read from the TSC via quanta).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use moka::Expiry;
 use moka::future::Cache;
+use quanta::Instant;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::CacheSettings;
 use crate::store::{Invalidation, Lookup, StoreError, TokenStore};
-use crate::token::TokenHash;
+use crate::token::{HashKeyState, TokenHash};
 
 /// The store could not be reached and nothing usable was cached.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -32,16 +41,16 @@ use crate::token::TokenHash;
 pub struct Unavailable(pub String);
 
 #[derive(Clone)]
-struct Slot<V> {
-    value: V,
+struct Slot {
+    value: Option<Arc<Lookup>>,
     fetched: Instant,
     refreshing: Arc<AtomicBool>,
 }
 
-impl<V> Slot<V> {
-    fn new(value: V) -> Self {
+impl Slot {
+    fn new(value: Option<Lookup>) -> Self {
         Slot {
-            value,
+            value: value.map(Arc::new),
             fetched: Instant::now(),
             refreshing: Arc::new(AtomicBool::new(false)),
         }
@@ -53,12 +62,12 @@ struct TokenExpiry {
     negative: Duration,
 }
 
-impl Expiry<TokenHash, Slot<Option<Arc<Lookup>>>> for TokenExpiry {
+impl Expiry<TokenHash, Slot> for TokenExpiry {
     fn expire_after_create(
         &self,
         _key: &TokenHash,
-        value: &Slot<Option<Arc<Lookup>>>,
-        _now: Instant,
+        value: &Slot,
+        _now: std::time::Instant,
     ) -> Option<Duration> {
         Some(if value.value.is_some() {
             self.positive
@@ -70,8 +79,8 @@ impl Expiry<TokenHash, Slot<Option<Arc<Lookup>>>> for TokenExpiry {
     fn expire_after_update(
         &self,
         key: &TokenHash,
-        value: &Slot<Option<Arc<Lookup>>>,
-        now: Instant,
+        value: &Slot,
+        now: std::time::Instant,
         _current: Option<Duration>,
     ) -> Option<Duration> {
         self.expire_after_create(key, value, now)
@@ -97,8 +106,13 @@ pub struct CacheStats {
 
 struct Inner {
     store: Arc<dyn TokenStore>,
-    tokens: Cache<TokenHash, Slot<Option<Arc<Lookup>>>>,
-    owners: Cache<String, Slot<bool>>,
+    tokens: Cache<TokenHash, Slot, HashKeyState>,
+    /// `None` until loaded once.
+    disabled_owners: ArcSwapOption<HashSet<String>>,
+    /// Serialises owner-set reloads (and coalesces concurrent first loads).
+    owners_reload: tokio::sync::Mutex<()>,
+    /// Set when an owner reload failed; the refresher then retries quickly.
+    owners_dirty: AtomicBool,
     ttl: Duration,
     epoch: AtomicU64,
     stats: CacheStats,
@@ -133,16 +147,14 @@ impl TokenCache {
                 positive: keep,
                 negative: settings.negative_ttl,
             })
-            .build();
-        let owners = Cache::builder()
-            .max_capacity(settings.max_entries)
-            .time_to_live(keep)
-            .build();
+            .build_with_hasher(HashKeyState::default());
         TokenCache {
             inner: Arc::new(Inner {
                 store,
                 tokens,
-                owners,
+                disabled_owners: ArcSwapOption::empty(),
+                owners_reload: tokio::sync::Mutex::new(()),
+                owners_dirty: AtomicBool::new(false),
                 ttl: settings.ttl,
                 epoch: AtomicU64::new(0),
                 stats: CacheStats::default(),
@@ -193,12 +205,10 @@ impl TokenCache {
         let store = inner.store.clone();
         let slot = inner
             .tokens
-            .try_get_with(hash, async move {
-                store
-                    .lookup(&hash)
-                    .await
-                    .map(|v| Slot::new(v.map(Arc::new)))
-            })
+            .try_get_with(
+                hash,
+                async move { store.lookup(&hash).await.map(Slot::new) },
+            )
             .await
             .map_err(|e| {
                 inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +221,7 @@ impl TokenCache {
         Ok(slot.value)
     }
 
-    fn refresh_token(&self, hash: TokenHash, slot: &Slot<Option<Arc<Lookup>>>) {
+    fn refresh_token(&self, hash: TokenHash, slot: &Slot) {
         if slot.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -223,7 +233,7 @@ impl TokenCache {
             match inner.store.lookup(&hash).await {
                 Ok(v) => {
                     if inner.epoch.load(Ordering::Acquire) == epoch {
-                        inner.tokens.insert(hash, Slot::new(v.map(Arc::new))).await;
+                        inner.tokens.insert(hash, Slot::new(v)).await;
                     } else {
                         inner.tokens.invalidate(&hash).await;
                     }
@@ -238,46 +248,37 @@ impl TokenCache {
         });
     }
 
-    /// Whether an owner is disabled: from cache, else from the store (coalesced).
+    /// Whether an owner is disabled. Cost on the hot path: one atomic load (plus one
+    /// set lookup while any owner is disabled); the store only before the first load.
     pub async fn owner_disabled(&self, owner_id: &str) -> Result<bool, Unavailable> {
+        if let Some(set) = &*self.inner.disabled_owners.load() {
+            return Ok(!set.is_empty() && set.contains(owner_id));
+        }
+        self.reload_owners().await?;
+        match &*self.inner.disabled_owners.load() {
+            Some(set) => Ok(set.contains(owner_id)),
+            None => Err(Unavailable("disabled owners not loaded".into())),
+        }
+    }
+
+    /// Reloads the disabled-owner set from the store.
+    async fn reload_owners(&self) -> Result<(), Unavailable> {
         let inner = &self.inner;
-        if let Some(slot) = inner.owners.get(owner_id).await {
-            if slot.fetched.elapsed() >= inner.ttl && !slot.refreshing.swap(true, Ordering::AcqRel)
-            {
-                let this = self.clone();
-                let owner = owner_id.to_string();
-                let flag = slot.refreshing.clone();
-                tokio::spawn(async move {
-                    let inner = &this.inner;
-                    let epoch = inner.epoch.load(Ordering::Acquire);
-                    match inner.store.owner_disabled(&owner).await {
-                        Ok(v) if inner.epoch.load(Ordering::Acquire) == epoch => {
-                            inner.owners.insert(owner, Slot::new(v)).await;
-                        }
-                        Ok(_) => inner.owners.invalidate(&owner).await,
-                        Err(_) => flag.store(false, Ordering::Release),
-                    }
-                });
+        let _guard = inner.owners_reload.lock().await;
+        match inner.store.disabled_owners().await {
+            Ok(list) => {
+                inner
+                    .disabled_owners
+                    .store(Some(Arc::new(list.into_iter().collect())));
+                inner.owners_dirty.store(false, Ordering::Release);
+                Ok(())
             }
-            return Ok(slot.value);
-        }
-        let epoch = inner.epoch.load(Ordering::Acquire);
-        let store = inner.store.clone();
-        let owner = owner_id.to_string();
-        let slot = inner
-            .owners
-            .try_get_with(owner.clone(), async move {
-                store.owner_disabled(&owner).await.map(Slot::new)
-            })
-            .await
-            .map_err(|e| {
+            Err(e) => {
                 inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                unavailable(&e)
-            })?;
-        if inner.epoch.load(Ordering::Acquire) != epoch {
-            inner.owners.invalidate(owner_id).await;
+                inner.owners_dirty.store(true, Ordering::Release);
+                Err(unavailable(&e))
+            }
         }
-        Ok(slot.value)
     }
 
     /// Applies one invalidation to this replica's cache.
@@ -287,28 +288,49 @@ impl TokenCache {
         inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
         match invalidation {
             Invalidation::Hash(h) => inner.tokens.invalidate(h).await,
-            Invalidation::Owner(o) => inner.owners.invalidate(o.as_str()).await,
+            Invalidation::Owner(_) => {
+                if let Err(e) = self.reload_owners().await {
+                    tracing::warn!(error = %e, "owner reload failed; retrying");
+                }
+            }
             Invalidation::All => {
                 inner.tokens.invalidate_all();
-                inner.owners.invalidate_all();
+                if let Err(e) = self.reload_owners().await {
+                    tracing::warn!(error = %e, "owner reload failed; retrying");
+                }
             }
         }
     }
 
-    /// Follows the store's invalidation feed until the store drops it. A lagging
-    /// receiver (missed messages) clears everything.
+    /// Follows the store's invalidation feed until the store drops it (a lagging
+    /// receiver clears everything), and keeps the disabled-owner set fresh: every
+    /// `ttl`, or every 250 ms while a reload is owed.
     pub fn spawn_invalidation_listener(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         let mut rx = self.inner.store.subscribe();
         tokio::spawn(async move {
+            let mut last_owner_load = Instant::now();
+            let _ = this.reload_owners().await;
             loop {
-                match rx.recv().await {
-                    Ok(inv) => this.apply(&inv).await,
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "invalidation feed lagged; clearing cache");
-                        this.apply(&Invalidation::All).await;
+                let due = if this.inner.owners_dirty.load(Ordering::Acquire) {
+                    Duration::from_millis(250)
+                } else {
+                    this.inner.ttl
+                };
+                let wait = due.saturating_sub(last_owner_load.elapsed());
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Ok(inv) => this.apply(&inv).await,
+                        Err(RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "invalidation feed lagged; clearing cache");
+                            this.apply(&Invalidation::All).await;
+                        }
+                        Err(RecvError::Closed) => break,
+                    },
+                    () = tokio::time::sleep(wait) => {
+                        let _ = this.reload_owners().await;
+                        last_owner_load = Instant::now();
                     }
-                    Err(RecvError::Closed) => break,
                 }
             }
         })

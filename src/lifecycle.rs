@@ -667,17 +667,11 @@ impl Lifecycle {
         let prefix = token::display_prefix(&raw).to_string();
         let changed = self
             .store
-            .rotate(id, &hash, grace)
+            .rotate(id, &hash, &prefix, grace)
             .await?
             .ok_or(LifecycleError::NotFound)?;
-        let p = prefix.clone();
-        let set_prefix = move |r: &mut TokenRecord| -> Result<(), String> {
-            r.prefix = p.clone();
-            Ok(())
-        };
-        let changed2 = self.store.update(id, &set_prefix).await?;
         self.invalidate_changed(&changed).await;
-        let record = changed2.map(|c| c.record).unwrap_or(changed.record);
+        let record = changed.record;
         self.audit(
             by,
             "token.regenerate",

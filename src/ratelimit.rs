@@ -1,14 +1,18 @@
 //! Per-token rate limits (governor GCRA, per replica) and the `RateLimit-*` headers.
 //!
 //! Each token id gets its own direct limiter built from its override or the config
-//! default. Limiters live in a bounded moka map with idle expiry, so a token that
-//! stops sending frees its state; a token whose limit changes gets a fresh limiter.
-//! Cost on the request path: one map lookup (no allocation once the token has a
-//! limiter) and one lock-free GCRA update.
+//! default; a token whose limit changes gets a fresh limiter. Limiters live in a
+//! sharded map; [`RateLimiters::sweep`] (run every minute) drops the ones idle for
+//! longer than their bucket needs to refill, so forgetting them loses nothing.
+//! Cost on the request path: one map lookup (no allocation and no clock read once the
+//! token has a limiter) and one lock-free GCRA update.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use dashmap::DashMap;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -76,20 +80,31 @@ impl RateHeaders {
 struct Entry {
     spec: RateSpec,
     limiter: Limiter,
+    /// Sweep tick of the last use.
+    last_tick: AtomicU64,
+}
+
+impl Entry {
+    /// Sweep ticks (minutes) after which an idle bucket is certainly full again.
+    fn idle_ticks(&self) -> u64 {
+        (u64::from(self.spec.per_seconds) / 60 + 2).max(10)
+    }
 }
 
 /// The limiters of this replica.
 pub struct RateLimiters {
     default: Option<RateSpec>,
-    limiters: moka::sync::Cache<String, Arc<Entry>>,
+    limiters: DashMap<String, Arc<Entry>, foldhash::fast::RandomState>,
     clock: DefaultClock,
+    /// Advanced by each [`RateLimiters::sweep`]: a clock without a clock read.
+    tick: AtomicU64,
 }
 
 impl std::fmt::Debug for RateLimiters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiters")
             .field("default", &self.default)
-            .field("tokens", &self.limiters.entry_count())
+            .field("tokens", &self.limiters.len())
             .finish()
     }
 }
@@ -121,11 +136,9 @@ impl RateLimiters {
     pub fn new(default: Option<RateSpec>) -> Self {
         RateLimiters {
             default,
-            limiters: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
+            limiters: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             clock: DefaultClock::default(),
+            tick: AtomicU64::new(0),
         }
     }
 
@@ -135,18 +148,27 @@ impl RateLimiters {
         let Some(spec) = effective_spec(record, self.default) else {
             return Ok(None);
         };
-        let entry = match self.limiters.get(record.id.as_str()) {
-            Some(e) if e.spec == spec => e,
-            _ => {
+        let found = self
+            .limiters
+            .get(record.id.as_str())
+            .filter(|e| e.spec == spec)
+            .map(|e| e.value().clone());
+        let entry = match found {
+            Some(e) => e,
+            None => {
                 let e = Arc::new(Entry {
                     spec,
                     limiter: RateLimiter::direct_with_clock(quota(spec), self.clock.clone())
                         .with_middleware::<StateInformationMiddleware>(),
+                    last_tick: AtomicU64::new(0),
                 });
                 self.limiters.insert(record.id.clone(), e.clone());
                 e
             }
         };
+        entry
+            .last_tick
+            .store(self.tick.load(Ordering::Relaxed), Ordering::Relaxed);
         let interval = quota(spec).replenish_interval();
         match entry.limiter.check() {
             Ok(snapshot) => {
@@ -172,9 +194,23 @@ impl RateLimiters {
         }
     }
 
-    /// Forgets every limiter (used when the default changes on reload).
-    pub fn clear(&self) {
-        self.limiters.invalidate_all();
+    /// Advances the idle clock by one tick (call once a minute) and drops limiters
+    /// idle long enough for their bucket to be full: forgetting them loses nothing.
+    pub fn sweep(&self) {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        self.limiters.retain(|_, e| {
+            now.saturating_sub(e.last_tick.load(Ordering::Relaxed)) < e.idle_ticks()
+        });
+    }
+
+    /// Number of tokens with a limiter.
+    pub fn len(&self) -> usize {
+        self.limiters.len()
+    }
+
+    /// Whether no token has a limiter.
+    pub fn is_empty(&self) -> bool {
+        self.limiters.is_empty()
     }
 }
 
@@ -264,6 +300,25 @@ mod tests {
             burst: None,
         });
         assert!(l.check(&r).is_ok());
+    }
+
+    #[test]
+    fn sweep_drops_only_idle_limiters() {
+        let l = RateLimiters::new(Some(RateSpec {
+            requests: 1,
+            per_seconds: 1,
+            burst: 1,
+        }));
+        l.check(&record("idle", None)).ok();
+        for _ in 0..5 {
+            l.sweep();
+        }
+        l.check(&record("busy", None)).ok();
+        for _ in 0..5 {
+            l.sweep();
+        }
+        assert_eq!(l.len(), 1, "the idle limiter is gone, the recent one stays");
+        assert!(l.limiters.contains_key("busy"));
     }
 
     #[test]

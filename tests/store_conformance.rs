@@ -183,7 +183,7 @@ async fn unknown_hash_and_id_resolve_to_none(s: &dyn TokenStore) {
     assert!(s.get("nope").await.unwrap().is_none());
     assert!(s.update("nope", &|_| Ok(())).await.unwrap().is_none());
     assert!(
-        s.rotate("nope", &hash("x"), Duration::ZERO)
+        s.rotate("nope", &hash("x"), "pat_rotated0", Duration::ZERO)
             .await
             .unwrap()
             .is_none()
@@ -233,28 +233,45 @@ async fn rotate_with_grace_keeps_the_old_secret_until_the_grace_ends(s: &dyn Tok
     s.create(&hash("v1"), &r).await.unwrap();
     let before = Timestamp::now();
     let changed = s
-        .rotate(&id, &hash("v2"), Duration::from_millis(1500))
+        .rotate(
+            &id,
+            &hash("v2"),
+            "pat_rotated0",
+            Duration::from_millis(1500),
+        )
         .await
         .unwrap()
         .expect("known id");
     assert_eq!(changed.record.id, id);
+    assert_eq!(changed.record.prefix, "pat_rotated0");
     assert!(changed.hashes.contains(&hash("v1")) && changed.hashes.contains(&hash("v2")));
 
     let new = s.lookup(&hash("v2")).await.unwrap().expect("new secret");
-    assert_eq!(new.record, r);
+    let mut expected = r.clone();
+    expected.prefix = "pat_rotated0".into();
+    assert_eq!(new.record, expected);
+    assert_eq!(s.get(&id).await.unwrap().unwrap().prefix, "pat_rotated0");
     assert_eq!(new.grace_until, None);
     let old = s
         .lookup(&hash("v1"))
         .await
         .unwrap()
         .expect("old secret in grace");
-    assert_eq!(old.record, r);
+    assert_eq!(
+        old.record, expected,
+        "the old secret resolves to the current record"
+    );
     let until = old.grace_until.expect("grace_until set");
     assert!(until > before && until <= Timestamp::now() + SignedDuration::from_secs(2));
 
     // A second rotation: both older secrets follow the newest record.
     let changed = s
-        .rotate(&id, &hash("v3"), Duration::from_millis(1500))
+        .rotate(
+            &id,
+            &hash("v3"),
+            "pat_rotated0",
+            Duration::from_millis(1500),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -293,7 +310,7 @@ async fn rotate_without_grace_invalidates_the_old_secret_at_once(s: &dyn TokenSt
         .await
         .unwrap();
     let changed = s
-        .rotate(&id, &hash("v2"), Duration::ZERO)
+        .rotate(&id, &hash("v2"), "pat_rotated0", Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
@@ -305,7 +322,9 @@ async fn rotate_without_grace_invalidates_the_old_secret_at_once(s: &dyn TokenSt
     s.create(&hash("o"), &simple_record(&other, "u"))
         .await
         .unwrap();
-    let r = s.rotate(&id, &hash("o"), Duration::ZERO).await;
+    let r = s
+        .rotate(&id, &hash("o"), "pat_rotated0", Duration::ZERO)
+        .await;
     assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
     assert_eq!(s.lookup(&hash("v2")).await.unwrap().unwrap().record.id, id);
     assert_eq!(
@@ -319,7 +338,7 @@ async fn delete_removes_every_hash(s: &dyn TokenStore) {
     s.create(&hash("v1"), &simple_record(&id, "u"))
         .await
         .unwrap();
-    s.rotate(&id, &hash("v2"), Duration::from_secs(60))
+    s.rotate(&id, &hash("v2"), "pat_rotated0", Duration::from_secs(60))
         .await
         .unwrap();
     let changed = s.delete(&id).await.unwrap().expect("known id");

@@ -19,21 +19,22 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Deny> {
     if values.next().is_some() {
         return Err(Deny::Malformed(token::FormatError::WrongLength));
     }
-    let bytes = value.as_bytes();
-    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+    // `to_str` admits visible ASCII, space and tab only: no zero-width tricks survive.
+    let value = value
+        .to_str()
+        .map_err(|_| Deny::Malformed(token::FormatError::InvalidCharacter))?;
+    let scheme = value.get(..7).ok_or(Deny::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer ") {
         return Err(Deny::Missing);
     }
-    let rest = &bytes[7..];
-    let start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
-    let tok = &rest[start..];
+    let tok = value[7..].trim_start_matches(' ');
     if tok.is_empty() || tok.len() > MAX_TOKEN_LEN {
         return Err(Deny::Malformed(token::FormatError::WrongLength));
     }
-    if !tok.iter().all(|b| b.is_ascii_graphic()) {
+    if tok.bytes().any(|b| b == b' ' || b == b'\t') {
         return Err(Deny::Malformed(token::FormatError::InvalidCharacter));
     }
-    // All bytes are ASCII graphic, hence valid UTF-8.
-    std::str::from_utf8(tok).map_err(|_| Deny::Malformed(token::FormatError::InvalidCharacter))
+    Ok(tok)
 }
 
 /// patgate's format for the configured prefix; with `accept_foreign`, any token that

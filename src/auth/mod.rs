@@ -105,8 +105,7 @@ pub async fn authenticate(
         .await
         .map_err(|_| Deny::BackendUnavailable)?
         .ok_or(Deny::Unknown)?;
-    let now = jiff::Timestamp::now();
-    state::check(&lookup, now)?;
+    state::check(&lookup, jiff::Timestamp::now)?;
     let owner_disabled = cache
         .owner_disabled(&lookup.record.owner_id)
         .await

@@ -6,9 +6,22 @@ use jiff::Timestamp;
 use super::Deny;
 use crate::store::Lookup;
 
-/// Revoked → expired → inactive → old secret past its grace period.
-pub fn check(lookup: &Lookup, now: Timestamp) -> Result<(), Deny> {
+/// Revoked → old secret past its grace period → expired → inactive.
+///
+/// `now` is only called when the record has an expiry or a grace period, so tokens
+/// that never expire cost no clock read.
+pub fn check(lookup: &Lookup, now: impl FnOnce() -> Timestamp) -> Result<(), Deny> {
     let r = &lookup.record;
+    if r.expires_at.is_none() && lookup.grace_until.is_none() {
+        return if r.revoked_at.is_some() {
+            Err(Deny::Revoked)
+        } else if !r.is_active {
+            Err(Deny::Inactive)
+        } else {
+            Ok(())
+        };
+    }
+    let now = now();
     if r.revoked_at.is_some() {
         return Err(Deny::Revoked);
     }

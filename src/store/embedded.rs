@@ -265,6 +265,20 @@ impl TokenStore for EmbeddedStore {
         .await
     }
 
+    async fn disabled_owners(&self) -> Result<Vec<String>, StoreError> {
+        self.run(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(DISABLED_OWNERS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                out.push(k.value().to_string());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn set_owner_disabled(&self, owner_id: &str, disabled: bool) -> Result<(), StoreError> {
         let owner = owner_id.to_string();
         self.run(move |db| {
@@ -389,10 +403,12 @@ impl TokenStore for EmbeddedStore {
         &self,
         id: &str,
         new_hash: &TokenHash,
+        new_prefix: &str,
         grace: Duration,
     ) -> Result<Option<Changed>, StoreError> {
         let id = id.to_string();
         let new = *new_hash;
+        let new_prefix = new_prefix.to_string();
         self.run(move |db| {
             let now = Timestamp::now();
             let tx = db.begin_write().map_err(db_err)?;
@@ -402,9 +418,10 @@ impl TokenStore for EmbeddedStore {
                 let Some(entry) = read_id(&ids, &id)? else {
                     return Ok(None);
                 };
-                let Some(record) = read_record(&tokens, &entry)? else {
+                let Some(mut record) = read_record(&tokens, &entry)? else {
                     return Ok(None);
                 };
+                record.prefix = new_prefix;
                 if tokens.get(new.0.as_slice()).map_err(db_err)?.is_some() {
                     return Err(StoreError::Conflict("token hash already exists".into()));
                 }

@@ -57,6 +57,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Whether `owner_id` is disabled.
     async fn owner_disabled(&self, owner_id: &str) -> Result<bool, StoreError>;
 
+    /// Every disabled owner (the set is small: replicas hold it in memory).
+    async fn disabled_owners(&self) -> Result<Vec<String>, StoreError>;
+
     /// Sets or clears an owner's disabled flag.
     async fn set_owner_disabled(&self, owner_id: &str, disabled: bool) -> Result<(), StoreError>;
 
@@ -70,12 +73,14 @@ pub trait TokenStore: Send + Sync + 'static {
     /// A mutation error becomes `StoreError::Rejected` and nothing is written.
     async fn update(&self, id: &str, change: Mutation<'_>) -> Result<Option<Changed>, StoreError>;
 
-    /// Moves the record to `new_hash`. The old hash keeps resolving for `grace`
-    /// (zero: it stops at once). `None` if the id is unknown.
+    /// Moves the record to `new_hash` and sets its display prefix to `new_prefix`, in
+    /// the same step. The old hash keeps resolving for `grace` (zero: it stops at
+    /// once). `None` if the id is unknown.
     async fn rotate(
         &self,
         id: &str,
         new_hash: &TokenHash,
+        new_prefix: &str,
         grace: Duration,
     ) -> Result<Option<Changed>, StoreError>;
 

@@ -11,7 +11,7 @@
 //! | `<p>id:{<id>}` | string | `{"hash": "<current hex>", "graced": [{"hash", "until"}]}` |
 //! | `<p>usage:{<id>}` | hash | `count`, `last` (ms): usage added by the flushers, merged into `usageCount`/`lastUsedAt` by `get`/`list` |
 //! | `<p>ids` | zset | every id, score 0: ids are ULIDs, so `ZRANGEBYLEX` pages in creation order |
-//! | `<p>owner:{<owner>}:disabled` | string | `"1"` while the owner is disabled |
+//! | `<p>owners:disabled` | set | ids of disabled owners (small; every replica keeps a copy in memory) |
 //! | `<p>crl:{<owner>}:<window start secs>` | string | creation counter of one fixed window (expires with it) |
 //! | `<p>audit` | stream | field `e` = event JSON; `MAXLEN ~ audit_max_events` |
 //! | `<p>invalidate` | pub/sub channel | [`Invalidation::encode`] messages |
@@ -447,8 +447,8 @@ impl RedisStore {
     fn k_ids(&self) -> String {
         format!("{}ids", self.prefix)
     }
-    fn k_owner(&self, owner: &str) -> String {
-        format!("{}owner:{{{owner}}}:disabled", self.prefix)
+    fn k_owners(&self) -> String {
+        format!("{}owners:disabled", self.prefix)
     }
     fn k_crl(&self, owner: &str, start: u64) -> String {
         format!("{}crl:{{{owner}}}:{start}", self.prefix)
@@ -596,19 +596,20 @@ impl TokenStore for RedisStore {
 
     async fn owner_disabled(&self, owner_id: &str) -> Result<bool, StoreError> {
         let n: i64 = self
-            .query(redis::cmd("EXISTS").arg(self.k_owner(owner_id)))
+            .query(redis::cmd("SISMEMBER").arg(self.k_owners()).arg(owner_id))
             .await?;
         Ok(n > 0)
     }
 
+    async fn disabled_owners(&self) -> Result<Vec<String>, StoreError> {
+        self.query(redis::cmd("SMEMBERS").arg(self.k_owners()))
+            .await
+    }
+
     async fn set_owner_disabled(&self, owner_id: &str, disabled: bool) -> Result<(), StoreError> {
-        let key = self.k_owner(owner_id);
-        if disabled {
-            self.query::<Value>(redis::cmd("SET").arg(key).arg("1"))
-                .await?;
-        } else {
-            self.query::<Value>(redis::cmd("DEL").arg(key)).await?;
-        }
+        let cmd = if disabled { "SADD" } else { "SREM" };
+        self.query::<Value>(redis::cmd(cmd).arg(self.k_owners()).arg(owner_id))
+            .await?;
         Ok(())
     }
 
@@ -695,6 +696,7 @@ impl TokenStore for RedisStore {
         &self,
         id: &str,
         new_hash: &TokenHash,
+        new_prefix: &str,
         grace: Duration,
     ) -> Result<Option<Changed>, StoreError> {
         let Some(entry) = self.id_entry(id).await? else {
@@ -703,6 +705,13 @@ impl TokenStore for RedisStore {
         let Some((mut raw, record)) = self.current(&entry.hash).await? else {
             return Ok(None);
         };
+        // The new key holds the record with its new display prefix; `raw` stays the
+        // old key's exact value for the compare-and-set below.
+        let with_prefix = |mut r: TokenRecord| {
+            r.prefix = new_prefix.to_string();
+            to_json(&TokEntry::Current { record: r })
+        };
+        let new_raw = with_prefix(record.clone())?;
         let new_hex = new_hash.to_hex();
         let old = hash_of(&entry.hash)?;
         let now = Timestamp::now();
@@ -712,7 +721,7 @@ impl TokenStore for RedisStore {
             .query(
                 redis::cmd("SET")
                     .arg(self.k_tok(&new_hex))
-                    .arg(&raw)
+                    .arg(&new_raw)
                     .arg("NX"),
             )
             .await?;
@@ -762,11 +771,11 @@ impl TokenStore for RedisStore {
                 break;
             }
             match self.current(&entry.hash).await? {
-                Some((fresh, _)) => {
+                Some((fresh, fresh_record)) => {
                     self.query::<Value>(
                         redis::cmd("SET")
                             .arg(self.k_tok(&new_hex))
-                            .arg(&fresh)
+                            .arg(with_prefix(fresh_record)?)
                             .arg("XX"),
                     )
                     .await?;

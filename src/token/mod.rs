@@ -47,8 +47,47 @@ pub enum FormatError {
 }
 
 /// SHA-256 of a full token: the only form in which a token is stored or cached.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TokenHash(pub [u8; 32]);
+
+impl std::hash::Hash for TokenHash {
+    /// Feeds the first 8 bytes as one `u64`: the value is already a uniform SHA-256
+    /// output that no client can steer (that would need a preimage), so hash maps keyed
+    /// by it can use [`HashKeyHasher`] and skip a second hash function.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// A `Hasher` for maps keyed by [`TokenHash`]: passes its `u64` through.
+///
+/// Any other input (not expected) is folded with FNV-1a so the hasher stays correct.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HashKeyHasher(u64);
+
+impl std::hash::Hasher for HashKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0 ^ 0xcbf2_9ce4_8422_2325;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// `BuildHasher` for [`HashKeyHasher`].
+pub type HashKeyState = std::hash::BuildHasherDefault<HashKeyHasher>;
 
 impl TokenHash {
     /// Hashes a full token. Cost: one SHA-256 over ≤ 60 bytes, no allocation.
