@@ -19,6 +19,7 @@ use crate::server::{self, ServeOptions};
 use crate::store::TokenStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
+use crate::tls::TlsReloader;
 use crate::usage::UsageRecorder;
 
 /// How often usage counts are flushed to the store.
@@ -49,11 +50,18 @@ pub struct App {
     pub admin: Arc<Admin>,
     /// Usage counts awaiting a flush.
     pub usage: Arc<UsageRecorder>,
+    /// TLS for the data plane, when configured.
+    pub tls: Option<Arc<TlsReloader>>,
 }
 
 impl App {
-    /// Builds the app on an already opened store.
-    pub fn with_store(settings: Arc<Settings>, store: Arc<dyn TokenStore>) -> Self {
+    /// Builds the app on an already opened store; fails only when the configured TLS
+    /// files are unusable.
+    pub fn with_store(settings: Arc<Settings>, store: Arc<dyn TokenStore>) -> anyhow::Result<Self> {
+        let tls = match &settings.tls {
+            Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
+            None => None,
+        };
         let cache = TokenCache::new(store.clone(), &settings.cache);
         let usage = Arc::new(UsageRecorder::new());
         let lifecycle = Lifecycle::new(store.clone(), cache.clone(), settings.tokens.clone());
@@ -62,7 +70,7 @@ impl App {
             lifecycle.clone(),
             settings.admin.api_keys.clone(),
         ));
-        App {
+        Ok(App {
             settings,
             store,
             cache,
@@ -70,13 +78,14 @@ impl App {
             gateway,
             admin,
             usage,
-        }
+            tls,
+        })
     }
 
     /// Opens the store and builds the app.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = open_store(&settings.store).await?;
-        Ok(Self::with_store(Arc::new(settings), store))
+        Self::with_store(Arc::new(settings), store)
     }
 
     fn serve_options(&self) -> ServeOptions {
@@ -118,9 +127,16 @@ impl App {
             data,
             self.gateway.clone(),
             opts.clone(),
+            self.tls.clone(),
             stop(rx.clone()),
         ));
-        let admin_task = tokio::spawn(server::serve(admin, self.admin.clone(), opts, stop(rx)));
+        let admin_task = tokio::spawn(server::serve(
+            admin,
+            self.admin.clone(),
+            opts,
+            None,
+            stop(rx),
+        ));
         shutdown.await;
         tracing::info!("shutting down: draining connections");
         let _ = tx.send(true);
@@ -139,14 +155,19 @@ impl App {
 /// `patgate serve`: binds the configured listeners, handles SIGTERM/SIGINT (drain)
 /// and SIGHUP (reload `config_path`), runs until stopped.
 pub async fn serve(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    if settings.rate_limit.mode == crate::config::RateLimitMode::Redis {
+        tracing::warn!(
+            "rate_limit.mode: redis (global limits) is not implemented yet; limits are enforced per replica"
+        );
+    }
     let data = server::bind(settings.listen).await?;
     let admin = server::bind(settings.admin.listen).await?;
-    log_listening(&data, &admin);
     let app = App::build(settings).await?;
+    log_listening(&data, &admin);
     let gateway = app.gateway.clone();
     let initial = app.settings.clone();
     if let Some(path) = config_path {
-        tokio::spawn(reload_on_sighup(path, gateway, initial));
+        tokio::spawn(reload_on_sighup(path, gateway, initial, app.tls.clone()));
     }
     app.run(data, admin, shutdown_signal()).await;
     Ok(())
@@ -162,7 +183,12 @@ pub fn log_listening(data: &TcpListener, admin: &TcpListener) {
     tracing::info!(data.addr = %d, admin.addr = %a, "listening");
 }
 
-async fn reload_on_sighup(path: PathBuf, gateway: Arc<Gateway>, initial: Arc<Settings>) {
+async fn reload_on_sighup(
+    path: PathBuf,
+    gateway: Arc<Gateway>,
+    initial: Arc<Settings>,
+    tls: Option<Arc<TlsReloader>>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -171,9 +197,26 @@ async fn reload_on_sighup(path: PathBuf, gateway: Arc<Gateway>, initial: Arc<Set
     let admin_listen: SocketAddr = initial.admin.listen;
     while hup.recv().await.is_some() {
         match crate::config::load(&path) {
-            Ok(new) => {
+            Ok(mut new) => {
                 if new.listen != listen || new.admin.listen != admin_listen {
                     tracing::warn!("listener addresses changed: restart patgate to apply them");
+                }
+                if new.tokens != initial.tokens
+                    || new.store != initial.store
+                    || new.admin.api_keys != initial.admin.api_keys
+                {
+                    tracing::warn!(
+                        "tokens, store and admin key changes need a restart; keeping the running ones"
+                    );
+                    new.tokens = initial.tokens.clone();
+                }
+                if let Some(tls) = &tls {
+                    match tls.reload(new.tls.as_ref()) {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "TLS reload failed; keeping the running certificate")
+                        }
+                    }
                 }
                 gateway.reload(Arc::new(new));
                 tracing::info!(config = %path.display(), "configuration reloaded");

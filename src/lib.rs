@@ -21,6 +21,7 @@
 //! - [`client_ip`]: the client IP behind trusted proxies.
 //! - [`body`]: the body type and the streaming body-size limit.
 //! - [`app`]: wiring, signals, drain.
+//! - [`tls`]: TLS termination (rustls) with certificate reload.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -40,5 +41,6 @@ pub mod ratelimit;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod usage;

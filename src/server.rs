@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use crate::body::Body;
 use crate::proxy::ConnInfo;
+use crate::tls::TlsReloader;
 
 /// Something that answers requests.
 pub trait Handler: Send + Sync + 'static {
@@ -55,11 +56,14 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
 }
 
-/// Serves `listener` with `handler` until `shutdown` resolves, then drains.
+/// Serves `listener` with `handler` until `shutdown` resolves, then drains. With
+/// `tls`, each connection first completes a TLS handshake (within the header-read
+/// timeout) and is served as `https`.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     options: ServeOptions,
+    tls: Option<Arc<TlsReloader>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -103,22 +107,56 @@ pub async fn serve<H: Handler>(
         let handler = handler.clone();
         let conn_info = ConnInfo {
             peer,
-            scheme: "http",
+            scheme: if tls.is_some() { "https" } else { "http" },
         };
         let service = service_fn(move |req| {
             let handler = handler.clone();
             async move { Ok::<_, std::convert::Infallible>(handler.call(req, conn_info).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client.addr = %peer, error = %e, "connection ended with error");
+        match &tls {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(client.addr = %peer, error = %e, "connection ended with error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let handshake_timeout = options.header_read_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client.addr = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(client.addr = %peer, error = %e, "connection ended with error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())

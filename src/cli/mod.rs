@@ -52,6 +52,9 @@ enum Command {
         /// Admin API address.
         #[arg(long, default_value = "127.0.0.1:9091")]
         admin_listen: SocketAddr,
+        /// Accepted for uniformity; `dev` needs no config file and ignores it.
+        #[command(flatten)]
+        _config: ConfigArg,
     },
     /// Validate the config and exit (0 = valid, 2 = problems listed).
     CheckConfig {
@@ -74,6 +77,9 @@ enum AdminKeyCommand {
         /// Name recorded in the audit trail.
         #[arg(long, default_value = "ops")]
         name: String,
+        /// Accepted for uniformity; not read.
+        #[command(flatten)]
+        _config: ConfigArg,
     },
 }
 
@@ -98,7 +104,7 @@ pub fn run() -> ExitCode {
             }
         },
         Command::AdminKey {
-            command: AdminKeyCommand::New { name },
+            command: AdminKeyCommand::New { name, .. },
         } => match crate::token::generate("pgadm_") {
             Ok(key) => {
                 println!("admin key (store it now; only its SHA-256 goes in the config):");
@@ -147,6 +153,7 @@ pub fn run() -> ExitCode {
             upstream,
             listen,
             admin_listen,
+            ..
         } => {
             crate::telemetry::init(crate::config::LogFormat::Pretty, "warn,patgate=info");
             let rt = match runtime() {

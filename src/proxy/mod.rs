@@ -201,8 +201,8 @@ impl Gateway {
         };
         let norm = norm.into_owned();
 
-        // whoami
-        if norm == settings.whoami_path {
+        // whoami (GET/HEAD only; other methods fall through to routing)
+        if norm == settings.whoami_path && matches!(*req.method(), Method::GET | Method::HEAD) {
             let facts = RequestFacts {
                 headers: req.headers(),
                 method: req.method(),

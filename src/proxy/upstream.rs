@@ -1,6 +1,7 @@
 //! Upstream pools: one pooled keep-alive hyper client per upstream (TCP_NODELAY,
-//! its own connect timeout), round-robin over its addresses, and the mapping of
-//! client failures to 502 / 504.
+//! its own connect timeout, `http://` and `https://` — TLS verified against the
+//! system's roots, HTTP/2 when the upstream offers it by ALPN), round-robin over its
+//! addresses, and the mapping of client failures to 502 / 504.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -16,11 +18,35 @@ use crate::body::Body;
 use crate::config::Upstream;
 use crate::error::GatewayError;
 
+/// TLS settings for upstream connections: the system's CA roots (loaded once), TLS
+/// 1.2+, ALPN `h2` and `http/1.1`.
+fn client_tls() -> &'static rustls::ClientConfig {
+    static CONFIG: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for e in &native.errors {
+            tracing::warn!(error = %e, "reading system CA certificates");
+        }
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        if added == 0 {
+            tracing::warn!("no system CA certificates: https upstreams will fail verification");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            // ring implements every default protocol version.
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    })
+}
+
 /// A pooled client for one upstream.
 pub struct UpstreamPool {
     /// Its configuration.
     pub upstream: Upstream,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     next: AtomicUsize,
 }
 
@@ -39,6 +65,13 @@ impl UpstreamPool {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.enforce_http(false);
+        let builder =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(client_tls().clone());
+        let connector = builder
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle)
             .pool_max_idle_per_host(1024)
