@@ -278,6 +278,11 @@ impl Lifecycle {
         &self.store
     }
 
+    /// The cache this service invalidates (also used to authenticate PAT callers).
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
     /// Token policy in force.
     pub fn token_settings(&self) -> &TokenSettings {
         &self.tokens
@@ -310,6 +315,9 @@ impl Lifecycle {
     ) -> Result<Option<Timestamp>, LifecycleError> {
         check_name(&new.name)?;
         check_description(&new.description)?;
+        if new.owner_id.is_empty() {
+            return Err(invalid("ownerId", "is required"));
+        }
         check_id_field("ownerId", &new.owner_id)?;
         if let Some(o) = &new.org_id {
             check_id_field("orgId", o)?;

@@ -2,7 +2,9 @@
 //!
 //! An admin key is accepted when its SHA-256 equals one of `admin.api_keys`; the
 //! comparison runs in constant time over *every* configured key (no early exit), so
-//! timing reveals neither which key matched nor how many bytes did.
+//! timing reveals neither which key matched nor how many bytes did. Otherwise a PAT
+//! is accepted when it passes the data plane's checks (format, lookup, state, owner,
+//! IP allowlist) and holds `tokens:admin` or `tokens:self` ([`resolve`]).
 
 use http::{HeaderMap, StatusCode, header};
 use subtle::ConstantTimeEq;
@@ -97,4 +99,55 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
     }
+}
+
+/// Resolves the caller: an admin key, or a PAT holding `tokens:admin`/`tokens:self`.
+/// Failures are complete responses (401/403/503 with the SPEC's messages).
+pub async fn resolve(
+    headers: &HeaderMap,
+    keys: &[AdminKey],
+    tokens: &crate::config::TokenSettings,
+    cache: &crate::cache::TokenCache,
+    client_ip: std::net::IpAddr,
+) -> Result<crate::admin::authorize::Principal, Box<http::Response<Body>>> {
+    use crate::admin::authorize::{Principal, TOKENS_ADMIN, TOKENS_SELF};
+    use crate::auth::{Deny, credentials, ip_allowlist, state};
+    use crate::error::GatewayError;
+
+    let deny = |d: Deny| Box::new(GatewayError::Denied(d).into_response(&tokens.prefix));
+    let presented = match credentials::bearer(headers) {
+        Ok(t) => t,
+        Err(_) => {
+            return Err(unauthorized(
+                "Missing credentials. Expected Authorization: Bearer <admin key>",
+            ));
+        }
+    };
+    if let Some(k) = match_admin_key(presented, keys) {
+        return Ok(Principal::AdminKey(k.name.clone()));
+    }
+    if credentials::check_format(presented, tokens).is_err() {
+        return Err(unauthorized("Invalid admin credentials"));
+    }
+    let lookup = match cache.lookup(TokenHash::of(presented)).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Err(deny(Deny::Unknown)),
+        Err(_) => return Err(deny(Deny::BackendUnavailable)),
+    };
+    state::check(&lookup, jiff::Timestamp::now).map_err(deny)?;
+    match cache.owner_disabled(&lookup.record.owner_id).await {
+        Ok(false) => {}
+        Ok(true) => return Err(deny(Deny::OwnerDisabled)),
+        Err(_) => return Err(deny(Deny::BackendUnavailable)),
+    }
+    ip_allowlist::check(&lookup.record, client_ip).map_err(deny)?;
+    let has = |p: &str| lookup.record.permissions.iter().any(|x| x == p);
+    let org_admin = has(TOKENS_ADMIN);
+    if !org_admin && !has(TOKENS_SELF) {
+        return Err(deny(Deny::MissingPermission(format!(
+            "{TOKENS_ADMIN} or {TOKENS_SELF}"
+        ))));
+    }
+    let record = std::sync::Arc::new(lookup.record.clone());
+    Ok(Principal::Pat { record, org_admin })
 }

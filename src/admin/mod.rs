@@ -6,6 +6,7 @@
 //! parse input ([`input`]), call [`crate::lifecycle::Lifecycle`], and render JSON; the
 //! mapping of a [`LifecycleError`] to a status is one exhaustive `match`.
 
+pub mod authorize;
 pub mod caller;
 pub mod input;
 
