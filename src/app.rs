@@ -14,6 +14,7 @@ use crate::admin::Admin;
 use crate::cache::TokenCache;
 use crate::config::{Settings, StoreSettings};
 use crate::lifecycle::Lifecycle;
+use crate::metrics::{ResultLabels, metrics};
 use crate::proxy::Gateway;
 use crate::server::{self, ServeOptions};
 use crate::store::TokenStore;
@@ -219,9 +220,17 @@ async fn reload_on_sighup(
                     }
                 }
                 gateway.reload(Arc::new(new));
+                metrics()
+                    .config_reloads
+                    .get_or_create(&ResultLabels { result: "ok" })
+                    .inc();
                 tracing::info!(config = %path.display(), "configuration reloaded");
             }
             Err(errors) => {
+                metrics()
+                    .config_reloads
+                    .get_or_create(&ResultLabels { result: "rejected" })
+                    .inc();
                 for e in &errors.0 {
                     tracing::error!(problem = %e, "reload rejected; keeping the running configuration");
                 }

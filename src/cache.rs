@@ -32,6 +32,7 @@ use quanta::Instant;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::CacheSettings;
+use crate::metrics::metrics;
 use crate::store::{Invalidation, Lookup, StoreError, TokenStore};
 use crate::token::{HashKeyState, TokenHash};
 
@@ -87,23 +88,6 @@ impl Expiry<TokenHash, Slot> for TokenExpiry {
     }
 }
 
-/// Counters for metrics and tests.
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    /// Positive hits.
-    pub hits: AtomicU64,
-    /// Negative hits (unknown hash answered from cache).
-    pub negative_hits: AtomicU64,
-    /// Misses that went to the store.
-    pub misses: AtomicU64,
-    /// Stale entries served (refresh pending or store down).
-    pub stale_served: AtomicU64,
-    /// Store calls that failed.
-    pub store_errors: AtomicU64,
-    /// Invalidations applied.
-    pub invalidations: AtomicU64,
-}
-
 struct Inner {
     store: Arc<dyn TokenStore>,
     tokens: Cache<TokenHash, Slot, HashKeyState>,
@@ -115,7 +99,6 @@ struct Inner {
     owners_dirty: AtomicBool,
     ttl: Duration,
     epoch: AtomicU64,
-    stats: CacheStats,
 }
 
 /// The cache; cheap to clone.
@@ -157,7 +140,6 @@ impl TokenCache {
                 owners_dirty: AtomicBool::new(false),
                 ttl: settings.ttl,
                 epoch: AtomicU64::new(0),
-                stats: CacheStats::default(),
             }),
         }
     }
@@ -167,13 +149,11 @@ impl TokenCache {
         &self.inner.store
     }
 
-    /// Counters.
-    pub fn stats(&self) -> &CacheStats {
-        &self.inner.stats
-    }
-
     /// Number of cached token entries (approximate).
     pub fn len(&self) -> u64 {
+        metrics()
+            .cache_entries
+            .set(self.inner.tokens.entry_count() as i64);
         self.inner.tokens.entry_count()
     }
 
@@ -188,19 +168,19 @@ impl TokenCache {
         if let Some(slot) = inner.tokens.get(&hash).await {
             match &slot.value {
                 Some(_) => {
-                    inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    metrics().cache_hits.inc();
                     if slot.fetched.elapsed() >= inner.ttl {
-                        inner.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                        metrics().cache_stale_served.inc();
                         self.refresh_token(hash, &slot);
                     }
                 }
                 None => {
-                    inner.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    metrics().cache_negative_hits.inc();
                 }
             }
             return Ok(slot.value);
         }
-        inner.stats.misses.fetch_add(1, Ordering::Relaxed);
+        metrics().cache_misses.inc();
         let epoch = inner.epoch.load(Ordering::Acquire);
         let store = inner.store.clone();
         let slot = inner
@@ -211,7 +191,7 @@ impl TokenCache {
             )
             .await
             .map_err(|e| {
-                inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                metrics().store_errors.inc();
                 unavailable(&e)
             })?;
         if inner.epoch.load(Ordering::Acquire) != epoch {
@@ -239,7 +219,7 @@ impl TokenCache {
                     }
                 }
                 Err(e) => {
-                    inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    metrics().store_errors.inc();
                     tracing::debug!(error = %e, "cache refresh failed; serving stale entry");
                     // Let the next hit try again.
                     flag.store(false, Ordering::Release);
@@ -274,7 +254,7 @@ impl TokenCache {
                 Ok(())
             }
             Err(e) => {
-                inner.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                metrics().store_errors.inc();
                 inner.owners_dirty.store(true, Ordering::Release);
                 Err(unavailable(&e))
             }
@@ -285,7 +265,7 @@ impl TokenCache {
     pub async fn apply(&self, invalidation: &Invalidation) {
         let inner = &self.inner;
         inner.epoch.fetch_add(1, Ordering::AcqRel);
-        inner.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        metrics().invalidations.inc();
         match invalidation {
             Invalidation::Hash(h) => inner.tokens.invalidate(h).await,
             Invalidation::Owner(_) => {

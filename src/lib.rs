@@ -22,6 +22,7 @@
 //! - [`body`]: the body type and the streaming body-size limit.
 //! - [`app`]: wiring, signals, drain.
 //! - [`tls`]: TLS termination (rustls) with certificate reload.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics` on the admin listener).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -36,6 +37,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod lifecycle;
+pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;

@@ -104,6 +104,7 @@ pub async fn serve<H: Handler>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let open = OpenConnection::new();
         let handler = handler.clone();
         let conn_info = ConnInfo {
             peer,
@@ -123,6 +124,7 @@ pub async fn serve<H: Handler>(
                     if let Err(e) = conn.await {
                         tracing::debug!(client.addr = %peer, error = %e, "connection ended with error");
                     }
+                    drop(open);
                     drop(permit);
                 });
             }
@@ -132,6 +134,7 @@ pub async fn serve<H: Handler>(
                 let watcher = graceful.watcher();
                 let handshake_timeout = options.header_read_timeout;
                 tokio::spawn(async move {
+                    let _open = open;
                     let stream = match tokio::time::timeout(
                         handshake_timeout,
                         acceptor.accept(stream),
@@ -164,6 +167,22 @@ pub async fn serve<H: Handler>(
         .is_err()
     {
         tracing::warn!("drain deadline reached; closing remaining connections");
+    }
+}
+
+/// Counts an open connection in the `open_connections` gauge until dropped.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        crate::metrics::metrics().open_connections.inc();
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::metrics::metrics().open_connections.dec();
     }
 }
 

@@ -77,8 +77,12 @@ impl UsageRecorder {
         }
         let n = batch.len();
         match store.record_usage(&batch).await {
-            Ok(()) => Ok(n),
+            Ok(()) => {
+                crate::metrics::metrics().usage_flushed.inc_by(n as u64);
+                Ok(n)
+            }
             Err(e) => {
+                crate::metrics::metrics().usage_flush_errors.inc();
                 self.put_back(batch);
                 Err(e)
             }

@@ -64,11 +64,17 @@ impl Principal {
     pub fn may_manage(&self, target: &TokenRecord) -> Result<(), Forbidden> {
         match self {
             Principal::AdminKey(_) => Ok(()),
-            Principal::Pat { record, org_admin: true } => match &record.org_id {
+            Principal::Pat {
+                record,
+                org_admin: true,
+            } => match &record.org_id {
                 Some(org) if target.org_id.as_ref() == Some(org) => Ok(()),
                 _ => Err(forbid("This token belongs to another organization")),
             },
-            Principal::Pat { record, org_admin: false } => {
+            Principal::Pat {
+                record,
+                org_admin: false,
+            } => {
                 if target.owner_id == record.owner_id {
                     Ok(())
                 } else {
@@ -82,9 +88,14 @@ impl Principal {
     pub fn scope_list(&self, q: &mut ListQuery) -> Result<(), Forbidden> {
         match self {
             Principal::AdminKey(_) => Ok(()),
-            Principal::Pat { record, org_admin: true } => {
+            Principal::Pat {
+                record,
+                org_admin: true,
+            } => {
                 let Some(org) = &record.org_id else {
-                    return Err(forbid("A tokens:admin PAT without an orgId manages no tokens"));
+                    return Err(forbid(
+                        "A tokens:admin PAT without an orgId manages no tokens",
+                    ));
                 };
                 if q.org_id.as_ref().is_some_and(|o| o != org) {
                     return Err(forbid("This organization's tokens are not yours to list"));
@@ -92,7 +103,10 @@ impl Principal {
                 q.org_id = Some(org.clone());
                 Ok(())
             }
-            Principal::Pat { record, org_admin: false } => {
+            Principal::Pat {
+                record,
+                org_admin: false,
+            } => {
                 if q.owner_id.as_ref().is_some_and(|o| o != &record.owner_id) {
                     return Err(forbid("Another owner's tokens are not yours to list"));
                 }
@@ -110,7 +124,9 @@ impl Principal {
         };
         if org_admin {
             let Some(org) = &record.org_id else {
-                return Err(forbid("A tokens:admin PAT without an orgId manages no tokens"));
+                return Err(forbid(
+                    "A tokens:admin PAT without an orgId manages no tokens",
+                ));
             };
             match &new.org_id {
                 None => new.org_id = Some(org.clone()),
@@ -122,13 +138,17 @@ impl Principal {
                 new.owner_id = record.owner_id.clone();
             }
             if new.owner_id != record.owner_id {
-                return Err(forbid("A tokens:self PAT can only create tokens for its own owner"));
+                return Err(forbid(
+                    "A tokens:self PAT can only create tokens for its own owner",
+                ));
             }
             if new.org_id.is_none() {
                 new.org_id = record.org_id.clone();
             }
             if new.org_id != record.org_id {
-                return Err(forbid("A tokens:self PAT can only create tokens in its own organization"));
+                return Err(forbid(
+                    "A tokens:self PAT can only create tokens in its own organization",
+                ));
             }
             no_escalation(record, &new.permissions, &new.scopes)?;
         }
@@ -138,7 +158,10 @@ impl Principal {
     /// Checks an update of `target` (ownership is checked separately).
     pub fn check_patch(&self, patch: &TokenPatch) -> Result<(), Forbidden> {
         match self {
-            Principal::Pat { record, org_admin: false } => no_escalation(
+            Principal::Pat {
+                record,
+                org_admin: false,
+            } => no_escalation(
                 record,
                 patch.permissions.as_deref().unwrap_or(&[]),
                 patch.scopes.as_deref().unwrap_or(&[]),
@@ -149,12 +172,20 @@ impl Principal {
 }
 
 /// `permissions` and `scopes` must be subsets of what `caller` holds.
-fn no_escalation(caller: &TokenRecord, permissions: &[String], scopes: &[String]) -> Result<(), Forbidden> {
+fn no_escalation(
+    caller: &TokenRecord,
+    permissions: &[String],
+    scopes: &[String],
+) -> Result<(), Forbidden> {
     if let Some(p) = permissions.iter().find(|p| !caller.permissions.contains(p)) {
-        return Err(forbid(format!("Cannot grant permission {p}: the calling PAT does not hold it")));
+        return Err(forbid(format!(
+            "Cannot grant permission {p}: the calling PAT does not hold it"
+        )));
     }
     if let Some(s) = scopes.iter().find(|s| !caller.scopes.contains(s)) {
-        return Err(forbid(format!("Cannot grant scope {s}: the calling PAT does not hold it")));
+        return Err(forbid(format!(
+            "Cannot grant scope {s}: the calling PAT does not hold it"
+        )));
     }
     Ok(())
 }
@@ -190,7 +221,10 @@ mod tests {
     }
 
     fn pat(r: TokenRecord, org_admin: bool) -> Principal {
-        Principal::Pat { record: Arc::new(r), org_admin }
+        Principal::Pat {
+            record: Arc::new(r),
+            org_admin,
+        }
     }
 
     #[test]
@@ -212,12 +246,22 @@ mod tests {
         let mut q = ListQuery::default();
         p.scope_list(&mut q).unwrap();
         assert_eq!(q.org_id.as_deref(), Some("o1"));
-        let mut q = ListQuery { org_id: Some("o2".into()), ..Default::default() };
+        let mut q = ListQuery {
+            org_id: Some("o2".into()),
+            ..Default::default()
+        };
         assert!(p.scope_list(&mut q).is_err());
-        let mut new = NewToken { owner_id: "z".into(), ..Default::default() };
+        let mut new = NewToken {
+            owner_id: "z".into(),
+            ..Default::default()
+        };
         p.check_create(&mut new).unwrap();
         assert_eq!(new.org_id.as_deref(), Some("o1"));
-        let mut new = NewToken { owner_id: "z".into(), org_id: Some("o2".into()), ..Default::default() };
+        let mut new = NewToken {
+            owner_id: "z".into(),
+            org_id: Some("o2".into()),
+            ..Default::default()
+        };
         assert!(p.check_create(&mut new).is_err());
         assert!(p.require_admin_key("Disabling an owner").is_err());
         let orgless = pat(rec("a", None, &[TOKENS_ADMIN], &[]), true);
@@ -226,27 +270,49 @@ mod tests {
 
     #[test]
     fn self_service_manages_own_tokens_without_escalation() {
-        let p = pat(rec("me", Some("o1"), &[TOKENS_SELF, "read"], &["docs"]), false);
+        let p = pat(
+            rec("me", Some("o1"), &[TOKENS_SELF, "read"], &["docs"]),
+            false,
+        );
         assert!(p.may_manage(&rec("me", None, &[], &[])).is_ok());
         assert!(p.may_manage(&rec("you", Some("o1"), &[], &[])).is_err());
         let mut q = ListQuery::default();
         p.scope_list(&mut q).unwrap();
         assert_eq!(q.owner_id.as_deref(), Some("me"));
-        let mut ok = NewToken { permissions: vec!["read".into()], scopes: vec!["docs".into()], ..Default::default() };
+        let mut ok = NewToken {
+            permissions: vec!["read".into()],
+            scopes: vec!["docs".into()],
+            ..Default::default()
+        };
         p.check_create(&mut ok).unwrap();
         assert_eq!(ok.owner_id, "me");
-        let mut other = NewToken { owner_id: "you".into(), ..Default::default() };
+        let mut other = NewToken {
+            owner_id: "you".into(),
+            ..Default::default()
+        };
         assert!(p.check_create(&mut other).is_err());
-        let mut more = NewToken { permissions: vec!["write".into()], ..Default::default() };
+        let mut more = NewToken {
+            permissions: vec!["write".into()],
+            ..Default::default()
+        };
         assert_eq!(
             p.check_create(&mut more).unwrap_err().0,
             "Cannot grant permission write: the calling PAT does not hold it"
         );
-        let mut scope = NewToken { scopes: vec!["billing".into()], ..Default::default() };
+        let mut scope = NewToken {
+            scopes: vec!["billing".into()],
+            ..Default::default()
+        };
         assert!(p.check_create(&mut scope).is_err());
-        let patch = TokenPatch { permissions: Some(vec!["admin".into()]), ..Default::default() };
+        let patch = TokenPatch {
+            permissions: Some(vec!["admin".into()]),
+            ..Default::default()
+        };
         assert!(p.check_patch(&patch).is_err());
-        let patch = TokenPatch { name: Some("x".into()), ..Default::default() };
+        let patch = TokenPatch {
+            name: Some("x".into()),
+            ..Default::default()
+        };
         assert!(p.check_patch(&patch).is_ok());
     }
 }

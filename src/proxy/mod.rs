@@ -35,6 +35,7 @@ use crate::cache::TokenCache;
 use crate::client_ip;
 use crate::config::{AuthMode, Settings};
 use crate::error::{GatewayError, json_response};
+use crate::metrics::{RequestLabels, RouteLabels, metrics};
 use crate::ratelimit::RateLimiters;
 use crate::usage::UsageRecorder;
 use router::{RouteEntry, Router};
@@ -166,6 +167,22 @@ impl Gateway {
         if let Some(id) = &identity {
             self.usage.record(&id.record().id, jiff::Timestamp::now());
         }
+        let outcome = match (deny, &identity) {
+            (Some(reason), _) => reason,
+            (None, Some(_)) => "allowed",
+            (None, None) => "none",
+        };
+        if outcome == "rate_limited" {
+            metrics().rate_limited.inc();
+        }
+        metrics()
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route_name.clone(),
+                status: resp.status().as_u16(),
+                outcome,
+            })
+            .inc();
         if settings.logging.access_log {
             access_log(
                 &method,
@@ -248,15 +265,19 @@ impl Gateway {
                     path: &norm,
                     client_ip,
                 };
-                match auth::authenticate(
+                let started = Instant::now();
+                let decision = auth::authenticate(
                     facts,
                     Some(route),
                     &settings.tokens,
                     &self.cache,
                     &rt.limiters,
                 )
-                .await
-                {
+                .await;
+                metrics()
+                    .auth_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match decision {
                     Ok(i) => Some(i),
                     Err(d) => return Err((GatewayError::Denied(d), route_name, None)),
                 }
@@ -320,7 +341,15 @@ impl Gateway {
         let upstream_req = Request::from_parts(parts, body);
 
         // forward
-        let resp = match entry.pool.send(upstream_req).await {
+        let sent = Instant::now();
+        let result = entry.pool.send(upstream_req).await;
+        metrics()
+            .upstream_seconds
+            .get_or_create(&RouteLabels {
+                route: route_name.clone(),
+            })
+            .observe(sent.elapsed().as_secs_f64());
+        let resp = match result {
             Ok(r) => r,
             Err(e) => {
                 let e = if tripped.load(Ordering::Relaxed) {

@@ -1,0 +1,219 @@
+//! Prometheus metrics (prometheus-client), served at `GET /metrics` on the admin
+//! listener.
+//!
+//! One process-wide [`Metrics`] (like a default registry): the data plane, cache,
+//! server and reload paths record into it; [`Metrics::encode`] renders OpenMetrics
+//! text. Label values are bounded — route names from the config, status codes, deny
+//! reasons from a fixed list — never token ids or client addresses.
+//! Cost on the request path: a few relaxed atomic adds and one family lookup.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `patgate_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name (`""` when no route matched).
+    pub route: String,
+    /// Response status code.
+    pub status: u16,
+    /// `allowed`, `none` (auth: none route) or the deny reason.
+    pub outcome: &'static str,
+}
+
+/// Labels of per-route histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route name.
+    pub route: String,
+}
+
+/// Labels of `patgate_config_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `rejected`.
+    pub result: &'static str,
+}
+
+/// Every metric patgate exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, status and auth outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Auth decision latency (seconds).
+    pub auth_seconds: Histogram,
+    /// Upstream latency to response head (seconds), by route.
+    pub upstream_seconds: Family<RouteLabels, Histogram>,
+    /// Store lookup latency on cache misses (seconds).
+    pub store_seconds: Histogram,
+    /// Cache hits.
+    pub cache_hits: Counter,
+    /// Cache hits of negative (unknown-token) entries.
+    pub cache_negative_hits: Counter,
+    /// Cache misses (store lookups).
+    pub cache_misses: Counter,
+    /// Stale entries served while refreshing or while the store is down.
+    pub cache_stale_served: Counter,
+    /// Cached token entries (set at scrape time).
+    pub cache_entries: Gauge,
+    /// Store calls that failed.
+    pub store_errors: Counter,
+    /// Invalidations applied (local and from other replicas).
+    pub invalidations: Counter,
+    /// Requests rejected by rate limits.
+    pub rate_limited: Counter,
+    /// Open client connections (data plane and admin).
+    pub open_connections: Gauge,
+    /// Config reloads.
+    pub config_reloads: Family<ResultLabels, Counter>,
+    /// Usage counts flushed to the store.
+    pub usage_flushed: Counter,
+    /// Usage flushes that failed (kept and retried).
+    pub usage_flush_errors: Counter,
+}
+
+fn latency() -> Histogram {
+    // 50 µs … ~13 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.5, 14))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("patgate");
+        let m = Metrics {
+            requests: Family::default(),
+            auth_seconds: latency(),
+            upstream_seconds: Family::new_with_constructor(latency),
+            store_seconds: latency(),
+            cache_hits: Counter::default(),
+            cache_negative_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_stale_served: Counter::default(),
+            cache_entries: Gauge::default(),
+            store_errors: Counter::default(),
+            invalidations: Counter::default(),
+            rate_limited: Counter::default(),
+            open_connections: Gauge::default(),
+            config_reloads: Family::default(),
+            usage_flushed: Counter::default(),
+            usage_flush_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Data-plane requests by route, status and auth outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "auth_decision_seconds",
+            "Time to decide allow/deny",
+            m.auth_seconds.clone(),
+        );
+        registry.register(
+            "upstream_seconds",
+            "Upstream time to response head",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "store_lookup_seconds",
+            "Store lookups on cache misses",
+            m.store_seconds.clone(),
+        );
+        registry.register("cache_hits", "Token cache hits", m.cache_hits.clone());
+        registry.register(
+            "cache_negative_hits",
+            "Token cache hits of unknown-token entries",
+            m.cache_negative_hits.clone(),
+        );
+        registry.register("cache_misses", "Token cache misses", m.cache_misses.clone());
+        registry.register(
+            "cache_stale_served",
+            "Stale cache entries served",
+            m.cache_stale_served.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Cached token entries",
+            m.cache_entries.clone(),
+        );
+        registry.register("store_errors", "Failed store calls", m.store_errors.clone());
+        registry.register(
+            "invalidations",
+            "Cache invalidations applied",
+            m.invalidations.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests rejected by rate limits",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Open client connections",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "usage_flushed",
+            "Token usage counts flushed to the store",
+            m.usage_flushed.clone(),
+        );
+        registry.register(
+            "usage_flush_errors",
+            "Usage flushes that failed and will be retried",
+            m.usage_flush_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_registered_metrics_with_prefix() {
+        let m = metrics();
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: "api".into(),
+                status: 200,
+                outcome: "allowed",
+            })
+            .inc();
+        m.auth_seconds.observe(0.000_2);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"patgate_requests_total{route="api",status="200",outcome="allowed"}"#),
+            "{text}"
+        );
+        assert!(text.contains("patgate_auth_decision_seconds_bucket"));
+        assert!(text.contains("patgate_open_connections"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
