@@ -65,42 +65,6 @@ pub fn authenticate(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn admin_key_matches_by_sha256() {
-        let keys = vec![
-            AdminKey {
-                name: "a".into(),
-                sha256: TokenHash::of("key-a").0,
-            },
-            AdminKey {
-                name: "b".into(),
-                sha256: TokenHash::of("key-b").0,
-            },
-        ];
-        assert_eq!(
-            match_admin_key("key-b", &keys).map(|k| k.name.as_str()),
-            Some("b")
-        );
-        assert!(match_admin_key("key-c", &keys).is_none());
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, "Bearer key-a".parse().unwrap());
-        assert_eq!(authenticate(&h, &keys).unwrap(), Actor::Admin("a".into()));
-        h.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
-        assert_eq!(
-            authenticate(&h, &keys).unwrap_err().status(),
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            authenticate(&HeaderMap::new(), &keys).unwrap_err().status(),
-            StatusCode::UNAUTHORIZED
-        );
-    }
-}
-
 /// Resolves the caller: an admin key, or a PAT holding `tokens:admin`/`tokens:self`.
 /// Failures are complete responses (401/403/503 with the SPEC's messages).
 pub async fn resolve(
@@ -150,4 +114,40 @@ pub async fn resolve(
     }
     let record = std::sync::Arc::new(lookup.record.clone());
     Ok(Principal::Pat { record, org_admin })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_key_matches_by_sha256() {
+        let keys = vec![
+            AdminKey {
+                name: "a".into(),
+                sha256: TokenHash::of("key-a").0,
+            },
+            AdminKey {
+                name: "b".into(),
+                sha256: TokenHash::of("key-b").0,
+            },
+        ];
+        assert_eq!(
+            match_admin_key("key-b", &keys).map(|k| k.name.as_str()),
+            Some("b")
+        );
+        assert!(match_admin_key("key-c", &keys).is_none());
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer key-a".parse().unwrap());
+        assert_eq!(authenticate(&h, &keys).unwrap(), Actor::Admin("a".into()));
+        h.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
+        assert_eq!(
+            authenticate(&h, &keys).unwrap_err().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            authenticate(&HeaderMap::new(), &keys).unwrap_err().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }
