@@ -14,6 +14,9 @@ pub mod caller;
 pub mod input;
 pub mod routes;
 
+#[cfg(test)]
+mod openapi_doc_tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
