@@ -535,3 +535,46 @@ async fn audit_trail_records_every_action_without_secrets() {
     assert!(all["nextCursor"].is_string());
     assert!(!audit.to_string().contains(&token[12..]));
 }
+
+#[tokio::test]
+async fn openapi_document_is_served_without_a_key_and_wrong_methods_get_405() {
+    let e = env().await;
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{}/v1/openapi.json", e.gw.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/tokens/{id}/revoke"]["post"].is_object());
+
+    // A known path with another method: 401 without a key (nothing learnt), then 405
+    // with Allow; unknown /v1 paths stay 404 once authenticated.
+    let url = format!("{}/v1/tokens/some-id", e.gw.admin_url);
+    assert_eq!(http.put(&url).send().await.unwrap().status(), 401);
+    let r = http
+        .put(&url)
+        .bearer_auth(common::gateway::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, PATCH, DELETE");
+    let r = http
+        .post(format!("{}/healthz", e.gw.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+    let (s, _) = e.admin.call(Method::GET, "/v1/nothing/here", None).await;
+    assert_eq!(s, 404);
+
+    // Path captures are percent-decoded: the owner is `user:42`.
+    let (s, body) = e.admin.post("/v1/owners/user%3A42/disable").await;
+    assert_eq!(s, 200);
+    assert_eq!(body, json!({"ownerId": "user:42", "disabled": true}));
+}

@@ -1,6 +1,10 @@
 //! The admin API (SPEC §4) on its own listener: JSON under `/v1`, plus `/healthz`
 //! and `/readyz`.
 //!
+//! What the listener answers is the table [`routes::ROUTES`]; the OpenAPI document
+//! served at `GET /v1/openapi.json` describes exactly that table (a unit test keeps
+//! the two equal).
+//!
 //! Caller authentication ([`caller`]): `Authorization: Bearer <admin key>`, compared
 //! by SHA-256 in constant time against every configured key. Handlers are thin: they
 //! parse input ([`input`]), call [`crate::lifecycle::Lifecycle`], and render JSON; the
@@ -9,12 +13,16 @@
 pub mod authorize;
 pub mod caller;
 pub mod input;
+pub mod routes;
+
+#[cfg(test)]
+mod openapi_doc_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -25,6 +33,11 @@ use crate::lifecycle::{Caller, Lifecycle, LifecycleError, TokenPatch};
 use crate::proxy::ConnInfo;
 use crate::store::{AuditQuery, ListQuery, StoreError};
 use input::Fields;
+use routes::{ApiOp, Match, Op, Params, PublicOp};
+
+/// The admin API's OpenAPI 3.1 document (`openapi/patgate-admin.json`), served at
+/// `GET /v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi/patgate-admin.json");
 
 /// Largest admin request body.
 const MAX_BODY: usize = 1 << 20;
@@ -172,36 +185,76 @@ impl Admin {
         Admin { lifecycle, keys }
     }
 
-    /// Handles one admin request.
+    /// Handles one admin request: match the route table, authenticate the caller
+    /// unless the route is public, dispatch (one exhaustive `match` per kind of op).
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        match (method.clone(), path.as_str()) {
-            (Method::GET, "/healthz") => {
-                return json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#));
+        let op = match routes::match_route(method.as_str(), &path) {
+            Match::Found(op, params) => (op, params),
+            Match::MethodNotAllowed {
+                allow,
+                requires_auth,
+            } => {
+                if requires_auth && let Err(resp) = self.caller(&req, &conn) {
+                    return *resp;
+                }
+                return method_not_allowed(&allow);
             }
-            (Method::GET, "/readyz") => return self.readyz().await,
-            _ => {}
-        }
-        if !path.starts_with("/v1/") {
-            return json_error(StatusCode::NOT_FOUND, "Not found");
-        }
-        let actor = match caller::authenticate(req.headers(), &self.keys) {
-            Ok(a) => a,
-            Err(resp) => return *resp,
+            Match::NotFound => {
+                // Unknown /v1 paths answer 401 to strangers, as every /v1 route does.
+                if path.starts_with("/v1/")
+                    && let Err(resp) = self.caller(&req, &conn)
+                {
+                    return *resp;
+                }
+                return json_error(StatusCode::NOT_FOUND, "Not found");
+            }
         };
-        let by = Caller {
+        match op {
+            (Op::Public(op), _) => self.public(op).await,
+            (Op::Api(op), params) => {
+                let by = match self.caller(&req, &conn) {
+                    Ok(by) => by,
+                    Err(resp) => return *resp,
+                };
+                match self.api(op, &params, req, &by).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if matches!(e, LifecycleError::Store(_) | LifecycleError::Rng) {
+                            tracing::error!(error = %e, %method, path, "admin request failed");
+                        }
+                        error_response(&e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The authenticated caller, or the 401 to send.
+    fn caller(
+        &self,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<Caller, Box<Response<Body>>> {
+        let actor = caller::authenticate(req.headers(), &self.keys)?;
+        Ok(Caller {
             actor,
             ip: Some(crate::client_ip::canonical(conn.peer.ip())),
-        };
-        let reply = self.route(req, &method, &path, &by).await;
-        match reply {
-            Ok(r) => r,
-            Err(e) => {
-                if matches!(e, LifecycleError::Store(_) | LifecycleError::Rng) {
-                    tracing::error!(error = %e, %method, path, "admin request failed");
-                }
-                error_response(&e)
+        })
+    }
+
+    /// Unauthenticated routes.
+    async fn public(&self, op: PublicOp) -> Response<Body> {
+        match op {
+            PublicOp::Healthz => {
+                json_response(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
+            }
+            PublicOp::Readyz => self.readyz().await,
+            // Served without authentication: the document describes the API's shape
+            // and holds no secret, key or token.
+            PublicOp::OpenApi => {
+                json_response(StatusCode::OK, Bytes::from_static(OPENAPI_JSON.as_bytes()))
             }
         }
     }
@@ -226,17 +279,11 @@ impl Admin {
         }
     }
 
-    async fn route(
-        &self,
-        req: Request<Incoming>,
-        method: &Method,
-        path: &str,
-        by: &Caller,
-    ) -> Reply {
-        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    /// Authenticated routes; `by` is the authenticated caller.
+    async fn api(&self, op: ApiOp, p: &Params, req: Request<Incoming>, by: &Caller) -> Reply {
         let lc = &self.lifecycle;
-        match (method, segs.as_slice()) {
-            (&Method::POST, ["v1", "tokens"]) => {
+        match op {
+            ApiOp::CreateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let new = input::new_token(&mut f)?;
                 f.finish()?;
@@ -246,12 +293,12 @@ impl Admin {
                     &serde_json::json!({"token": token, "record": record}),
                 )
             }
-            (&Method::GET, ["v1", "tokens"]) => {
+            ApiOp::ListTokens => {
                 let q = list_query(&query_pairs(&req))?;
                 let page = lc.store().list(&q).await?;
                 ok_json(StatusCode::OK, &page)
             }
-            (&Method::POST, ["v1", "tokens", "import"]) => {
+            ApiOp::ImportToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let sha = f
                     .string("sha256")?
@@ -262,56 +309,49 @@ impl Admin {
                 let record = lc.import(&sha, prefix, new, by).await?;
                 ok_json(StatusCode::CREATED, &serde_json::json!({"record": record}))
             }
-            (&Method::GET, ["v1", "tokens", id]) => {
-                let r = lc.store().get(id).await?.ok_or(LifecycleError::NotFound)?;
+            ApiOp::GetToken => {
+                let r = lc
+                    .store()
+                    .get(p.get("id"))
+                    .await?
+                    .ok_or(LifecycleError::NotFound)?;
                 ok_json(StatusCode::OK, &r)
             }
-            (&Method::PATCH, ["v1", "tokens", id]) => {
+            ApiOp::UpdateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let patch = input::patch(&mut f)?;
                 f.finish()?;
-                let r = lc.update(id, patch, by, "token.update").await?;
+                let r = lc.update(p.get("id"), patch, by, "token.update").await?;
                 ok_json(StatusCode::OK, &r)
             }
-            (&Method::DELETE, ["v1", "tokens", id]) => {
-                lc.delete(id, by).await?;
+            ApiOp::DeleteToken => {
+                lc.delete(p.get("id"), by).await?;
                 Ok(Response::builder()
                     .status(StatusCode::NO_CONTENT)
                     .body(crate::body::empty())
                     .unwrap_or_default())
             }
-            (&Method::POST, ["v1", "tokens", id, "revoke"]) => {
-                let r = lc.revoke(id, by).await?;
+            ApiOp::RevokeToken => {
+                let r = lc.revoke(p.get("id"), by).await?;
                 ok_json(StatusCode::OK, &r)
             }
-            (&Method::POST, ["v1", "tokens", id, action @ ("deactivate" | "activate")]) => {
-                let active = *action == "activate";
-                let patch = TokenPatch {
-                    is_active: Some(active),
-                    ..Default::default()
-                };
-                let r = lc.update(id, patch, by, &format!("token.{action}")).await?;
-                ok_json(StatusCode::OK, &r)
-            }
-            (&Method::POST, ["v1", "tokens", id, "regenerate"]) => {
+            ApiOp::DeactivateToken => self.set_active(p.get("id"), false, by).await,
+            ApiOp::ActivateToken => self.set_active(p.get("id"), true, by).await,
+            ApiOp::RegenerateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let grace = f.uint("gracePeriodSeconds")?.unwrap_or(0);
                 f.finish()?;
-                let (token, record) = lc.regenerate(id, Duration::from_secs(grace), by).await?;
+                let (token, record) = lc
+                    .regenerate(p.get("id"), Duration::from_secs(grace), by)
+                    .await?;
                 ok_json(
                     StatusCode::OK,
                     &serde_json::json!({"token": token, "record": record}),
                 )
             }
-            (&Method::POST, ["v1", "owners", owner, action @ ("disable" | "enable")]) => {
-                let disabled = *action == "disable";
-                lc.set_owner_disabled(owner, disabled, by).await?;
-                ok_json(
-                    StatusCode::OK,
-                    &serde_json::json!({"ownerId": owner, "disabled": disabled}),
-                )
-            }
-            (&Method::GET, ["v1", "audit"]) => {
+            ApiOp::DisableOwner => self.set_owner_disabled(p.get("ownerId"), true, by).await,
+            ApiOp::EnableOwner => self.set_owner_disabled(p.get("ownerId"), false, by).await,
+            ApiOp::ListAudit => {
                 let q = audit_query(&query_pairs(&req))?;
                 let limit = q.limit;
                 let items = lc.store().list_audit(&q).await?;
@@ -325,9 +365,42 @@ impl Admin {
                     &serde_json::json!({"items": items, "nextCursor": next}),
                 )
             }
-            _ => Ok(json_error(StatusCode::NOT_FOUND, "Not found")),
         }
     }
+
+    async fn set_active(&self, id: &str, active: bool, by: &Caller) -> Reply {
+        let patch = TokenPatch {
+            is_active: Some(active),
+            ..Default::default()
+        };
+        let action = if active {
+            "token.activate"
+        } else {
+            "token.deactivate"
+        };
+        let r = self.lifecycle.update(id, patch, by, action).await?;
+        ok_json(StatusCode::OK, &r)
+    }
+
+    async fn set_owner_disabled(&self, owner: &str, disabled: bool, by: &Caller) -> Reply {
+        self.lifecycle
+            .set_owner_disabled(owner, disabled, by)
+            .await?;
+        ok_json(
+            StatusCode::OK,
+            &serde_json::json!({"ownerId": owner, "disabled": disabled}),
+        )
+    }
+}
+
+/// `405` with the `Allow` header listing the methods the path accepts.
+fn method_not_allowed(allow: &[&'static str]) -> Response<Body> {
+    let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+    // Methods come from the route table: upper-case ASCII tokens, always valid.
+    if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, LifecycleError> {

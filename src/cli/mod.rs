@@ -1,9 +1,10 @@
 //! The `patgate` command line. The binary's `main` only calls [`run`].
 //!
-//! `serve`, `dev`, `check-config`, `admin-key new` run locally; `token ...` is a
-//! client of the admin API (like `vault` / `kubectl`): the running gateway is the
-//! single writer of its store.
+//! `serve`, `dev`, `check-config`, `admin-key new` run locally; `token ...` and
+//! `audit` are clients of the admin API (like `vault` / `kubectl`): the running
+//! gateway is the single writer of its store.
 
+mod audit_cmd;
 mod client;
 mod token_cmd;
 
@@ -68,6 +69,8 @@ enum Command {
     },
     /// Manage tokens through the admin API.
     Token(Box<token_cmd::TokenArgs>),
+    /// Show the audit trail of management actions through the admin API.
+    Audit(Box<audit_cmd::AuditArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +90,17 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+}
+
+/// Runs an admin-API client command to completion on a fresh runtime.
+fn block_on(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match runtime() {
+        Ok(rt) => rt.block_on(command),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -176,15 +190,7 @@ pub fn run() -> ExitCode {
                 }
             }
         }
-        Command::Token(args) => {
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            rt.block_on(token_cmd::run(*args))
-        }
+        Command::Token(args) => block_on(token_cmd::run(*args)),
+        Command::Audit(args) => block_on(audit_cmd::run(*args)),
     }
 }

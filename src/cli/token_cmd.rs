@@ -1,24 +1,18 @@
 //! `patgate token ...`: admin-API client subcommands. Flags mirror the JSON fields.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use http::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::DEFAULT_CONFIG;
-use super::client::AdminClient;
+use super::client::{AdminArgs, enc, str_of, with_query};
 
 /// `patgate token` arguments.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// Admin API base URL (default: http:// + the config's admin.listen).
-    #[arg(long, global = true)]
-    admin_url: Option<String>,
-    /// Config file (only read to find admin.listen).
-    #[arg(long, env = "PATGATE_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
-    config: PathBuf,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Print the API's JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -231,24 +225,6 @@ fn owner_json(o: &OwnerArgs, m: &mut Map<String, Value>) {
     }
 }
 
-fn admin_url(args: &TokenArgs) -> String {
-    if let Some(u) = &args.admin_url {
-        return u.clone();
-    }
-    match crate::config::load(&args.config) {
-        Ok(s) => format!("http://{}", s.admin.listen),
-        Err(_) => "http://127.0.0.1:9091".into(),
-    }
-}
-
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("-")
-}
-
 fn status_of(r: &Value) -> &'static str {
     let now = jiff::Timestamp::now();
     if !r["revokedAt"].is_null() {
@@ -321,11 +297,10 @@ fn print_secret(resp: &Value) {
 /// Runs a `patgate token` subcommand; exit code 0 on success, 1 on API errors,
 /// 2 on usage errors.
 pub async fn run(args: TokenArgs) -> ExitCode {
-    let Ok(key) = std::env::var("PATGATE_ADMIN_KEY") else {
-        eprintln!("error: set PATGATE_ADMIN_KEY to an admin key (see `patgate admin-key new`)");
-        return ExitCode::from(2);
+    let client = match args.admin.client() {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let client = AdminClient::new(&admin_url(&args), key);
     let mut body = Map::new();
     let (method, path, kind) = match &args.command {
         TokenCommand::Create { owner, fields } => {
@@ -344,29 +319,23 @@ pub async fn run(args: TokenArgs) -> ExitCode {
             limit,
             cursor,
         } => {
-            let mut qs = Vec::new();
-            let mut add = |k: &str, v: Option<String>| {
-                if let Some(v) = v {
-                    qs.push(format!("{k}={}", enc(&v)));
-                }
-            };
-            add("ownerId", owner.owner.clone());
-            add("orgId", owner.org.clone());
-            add("projectId", owner.project.clone());
-            add("type", owner.kind.clone());
-            add("active", active.map(|b| b.to_string()));
-            add("q", q.clone());
-            add(
-                "expiringWithinDays",
-                expiring_within_days.map(|d| d.to_string()),
+            let path = with_query(
+                "/v1/tokens",
+                &[
+                    ("ownerId", owner.owner.clone()),
+                    ("orgId", owner.org.clone()),
+                    ("projectId", owner.project.clone()),
+                    ("type", owner.kind.clone()),
+                    ("active", active.map(|b| b.to_string())),
+                    ("q", q.clone()),
+                    (
+                        "expiringWithinDays",
+                        expiring_within_days.map(|d| d.to_string()),
+                    ),
+                    ("limit", limit.map(|d| d.to_string())),
+                    ("cursor", cursor.clone()),
+                ],
             );
-            add("limit", limit.map(|d| d.to_string()));
-            add("cursor", cursor.clone());
-            let path = if qs.is_empty() {
-                "/v1/tokens".to_string()
-            } else {
-                format!("/v1/tokens?{}", qs.join("&"))
-            };
             (Method::GET, path, Out::List)
         }
         TokenCommand::Show { id } => (Method::GET, format!("/v1/tokens/{}", enc(id)), Out::Record),
@@ -428,22 +397,10 @@ pub async fn run(args: TokenArgs) -> ExitCode {
         }
     };
     let send_body = matches!(method, Method::POST | Method::PATCH).then_some(Value::Object(body));
-    let (status, resp) = match client.call(method, &path, send_body).await {
+    let (status, resp) = match client.send(method, &path, send_body).await {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    if !status.is_success() {
-        let msg = resp
-            .get("error")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| resp.to_string());
-        eprintln!("error ({}): {msg}", status.as_u16());
-        return ExitCode::FAILURE;
-    }
     if args.json {
         if status == StatusCode::NO_CONTENT {
             println!("{}", json!({"deleted": true}));
