@@ -74,6 +74,9 @@ pub enum LifecycleError {
     /// No such token.
     #[error("Token not found")]
     NotFound,
+    /// The caller may not do this (a PAT outside its rights).
+    #[error("{0}")]
+    Forbidden(String),
     /// The change conflicts with the token's state (e.g. revoked).
     #[error("{0}")]
     Conflict(String),
@@ -385,7 +388,7 @@ impl Lifecycle {
         details: serde_json::Value,
     ) {
         let event = AuditEvent {
-            id: ulid::Ulid::new().to_string(),
+            id: new_id(),
             time: Timestamp::now(),
             actor: by.actor.label(),
             action: action.to_string(),
@@ -428,7 +431,7 @@ impl Lifecycle {
         }
         let raw = token::generate(&self.tokens.prefix).map_err(|_| LifecycleError::Rng)?;
         let record = TokenRecord {
-            id: ulid::Ulid::new().to_string(),
+            id: new_id(),
             name: new.name,
             description: new.description,
             prefix: token::display_prefix(&raw).to_string(),
@@ -497,7 +500,7 @@ impl Lifecycle {
             ));
         }
         let record = TokenRecord {
-            id: ulid::Ulid::new().to_string(),
+            id: new_id(),
             name: new.name,
             description: new.description,
             prefix,
@@ -738,6 +741,21 @@ impl Lifecycle {
         )
         .await;
         Ok(())
+    }
+}
+
+/// A new ULID, strictly increasing within this process (also within one millisecond),
+/// so ids list in creation order.
+pub fn new_id() -> String {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    match GENERATOR.lock() {
+        // `generate` fails only when 2^80 ids were made in one millisecond.
+        Ok(mut g) => g
+            .generate()
+            .unwrap_or_else(|_| ulid::Ulid::new())
+            .to_string(),
+        Err(_) => ulid::Ulid::new().to_string(),
     }
 }
 

@@ -578,3 +578,326 @@ async fn openapi_document_is_served_without_a_key_and_wrong_methods_get_405() {
     assert_eq!(s, 200);
     assert_eq!(body, json!({"ownerId": "user:42", "disabled": true}));
 }
+
+/// Calls the admin API with a PAT as the credential.
+async fn as_pat(
+    e: &Env,
+    pat: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{}", e.gw.admin_url, path))
+        .bearer_auth(pat);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+        if let Some(t) = v.get("token").and_then(Value::as_str) {
+            common::secrets::register(t);
+        }
+        (status, v)
+    } else {
+        (status, Value::String(text))
+    }
+}
+
+#[tokio::test]
+async fn a_tokens_admin_pat_manages_its_organization_only() {
+    let e = env().await;
+    let (org_admin, _) = e
+        .admin
+        .create(json!({"name": "oa", "ownerId": "alice", "orgId": "o1", "permissions": ["tokens:admin"]}))
+        .await;
+    let (_, mine) = e
+        .admin
+        .create(json!({"name": "a", "ownerId": "bob", "orgId": "o1"}))
+        .await;
+    let (_, theirs) = e
+        .admin
+        .create(json!({"name": "b", "ownerId": "carol", "orgId": "o2"}))
+        .await;
+    let mine_id = mine["id"].as_str().unwrap();
+    let theirs_id = theirs["id"].as_str().unwrap();
+
+    let (s, page) = as_pat(&e, &org_admin, Method::GET, "/v1/tokens", None).await;
+    assert_eq!(s, 200, "{page}");
+    let orgs: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["orgId"].as_str().unwrap())
+        .collect();
+    assert!(
+        orgs.iter().all(|o| *o == "o1") && orgs.len() == 2,
+        "{orgs:?}"
+    );
+    assert_eq!(
+        as_pat(
+            &e,
+            &org_admin,
+            Method::GET,
+            &format!("/v1/tokens/{mine_id}"),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, body) = as_pat(
+        &e,
+        &org_admin,
+        Method::GET,
+        &format!("/v1/tokens/{theirs_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(body["error"], "This token belongs to another organization");
+    assert_eq!(
+        as_pat(
+            &e,
+            &org_admin,
+            Method::POST,
+            &format!("/v1/tokens/{theirs_id}/revoke"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        as_pat(
+            &e,
+            &org_admin,
+            Method::POST,
+            &format!("/v1/tokens/{mine_id}/revoke"),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, created) = as_pat(
+        &e,
+        &org_admin,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "n", "ownerId": "dave"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["record"]["orgId"], "o1");
+    let (s, _) = as_pat(
+        &e,
+        &org_admin,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "n", "ownerId": "x", "orgId": "o2"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    // Admin-key-only operations.
+    assert_eq!(
+        as_pat(&e, &org_admin, Method::GET, "/v1/audit", None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        as_pat(&e, &org_admin, Method::POST, "/v1/owners/bob/disable", None)
+            .await
+            .0,
+        403
+    );
+    // The denial is in the audit trail, attributed to the PAT.
+    let (_, audit) = e
+        .admin
+        .call(Method::GET, &format!("/v1/audit?tokenId={theirs_id}"), None)
+        .await;
+    let denied = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ev| ev["outcome"] == "denied")
+        .expect("denial audited");
+    assert!(denied["actor"].as_str().unwrap().starts_with("token:"));
+}
+
+#[tokio::test]
+async fn a_tokens_self_pat_manages_only_its_own_tokens_without_escalation() {
+    let e = env().await;
+    let (me, _) = e
+        .admin
+        .create(json!({"name": "self", "ownerId": "me", "permissions": ["tokens:self", "read"], "scopes": ["docs"]}))
+        .await;
+    let (_, other) = e
+        .admin
+        .create(json!({"name": "o", "ownerId": "someone-else"}))
+        .await;
+    let (s, created) = as_pat(
+        &e,
+        &me,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "ci", "permissions": ["read"], "scopes": ["docs"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["record"]["ownerId"], "me");
+    let (s, body) = as_pat(
+        &e,
+        &me,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "x", "permissions": ["write"]})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        body["error"],
+        "Cannot grant permission write: the calling PAT does not hold it"
+    );
+    assert_eq!(
+        as_pat(
+            &e,
+            &me,
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "x", "scopes": ["billing"]}))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        as_pat(
+            &e,
+            &me,
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "x", "ownerId": "someone-else"}))
+        )
+        .await
+        .0,
+        403
+    );
+    let (_, page) = as_pat(&e, &me, Method::GET, "/v1/tokens", None).await;
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["ownerId"] == "me")
+    );
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let other_id = other["id"].as_str().unwrap();
+    assert_eq!(
+        as_pat(
+            &e,
+            &me,
+            Method::DELETE,
+            &format!("/v1/tokens/{other_id}"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    let created_id = created["record"]["id"].as_str().unwrap();
+    let (s, _) = as_pat(
+        &e,
+        &me,
+        Method::PATCH,
+        &format!("/v1/tokens/{created_id}"),
+        Some(json!({"permissions": ["tokens:admin"]})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        as_pat(
+            &e,
+            &me,
+            Method::POST,
+            &format!("/v1/tokens/{created_id}/revoke"),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn other_pats_and_bad_credentials_are_refused_with_clear_messages() {
+    let e = env().await;
+    let (plain, _) = e
+        .admin
+        .create(json!({"name": "p", "ownerId": "u", "permissions": ["read"]}))
+        .await;
+    let (s, body) = as_pat(&e, &plain, Method::GET, "/v1/tokens", None).await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        body["error"],
+        "PAT lacks required permission: tokens:admin or tokens:self"
+    );
+    let (revoked, r) = e
+        .admin
+        .create(json!({"name": "r", "ownerId": "u", "permissions": ["tokens:self"]}))
+        .await;
+    e.admin
+        .post(&format!("/v1/tokens/{}/revoke", r["id"].as_str().unwrap()))
+        .await;
+    let (s, body) = as_pat(&e, &revoked, Method::GET, "/v1/tokens", None).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (401, Some("PAT has been revoked"))
+    );
+    let unknown = patgate::token::generate("pat_").unwrap();
+    assert_eq!(
+        as_pat(&e, &unknown, Method::GET, "/v1/tokens", None)
+            .await
+            .0,
+        401
+    );
+    let (s, body) = as_pat(&e, "garbage", Method::GET, "/v1/tokens", None).await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (401, Some("Invalid admin credentials"))
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text() {
+    let e = env().await;
+    let (token, _) = e.admin.create(json!({"name": "m", "ownerId": "u"})).await;
+    status_with(&format!("{}/x", e.gw.url), &token).await;
+    status_with(&format!("{}/x", e.gw.url), "xyz_bad").await;
+    let r = reqwest::get(format!("{}/metrics", e.gw.admin_url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#"patgate_requests_total{route="all",status="200",outcome="allowed"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"patgate_requests_total{route="all",status="401",outcome="malformed"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("patgate_auth_decision_seconds_count 2"));
+    assert!(text.contains("patgate_upstream_seconds_bucket"));
+    assert!(text.contains("patgate_cache_misses_total 1"));
+    assert!(!text.contains(&token[4..]), "no secret in metrics");
+}

@@ -31,7 +31,8 @@ use crate::config::AdminKey;
 use crate::error::{json_error, json_response};
 use crate::lifecycle::{Caller, Lifecycle, LifecycleError, TokenPatch};
 use crate::proxy::ConnInfo;
-use crate::store::{AuditQuery, ListQuery, StoreError};
+use crate::store::{AuditQuery, ListQuery, StoreError, TokenRecord};
+use authorize::Principal;
 use input::Fields;
 use routes::{ApiOp, Match, Op, Params, PublicOp};
 
@@ -74,6 +75,7 @@ fn error_response(e: &LifecycleError) -> Response<Body> {
             json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()))
         }
         LifecycleError::NotFound => json_error(StatusCode::NOT_FOUND, "Token not found"),
+        LifecycleError::Forbidden(m) => json_error(StatusCode::FORBIDDEN, m),
         LifecycleError::Conflict(m) => json_error(StatusCode::CONFLICT, m),
         LifecycleError::TooManyCreations { retry_after } => {
             let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
@@ -196,7 +198,7 @@ impl Admin {
                 allow,
                 requires_auth,
             } => {
-                if requires_auth && let Err(resp) = self.caller(&req, &conn) {
+                if requires_auth && let Err(resp) = self.caller(&req, &conn).await {
                     return *resp;
                 }
                 return method_not_allowed(&allow);
@@ -204,7 +206,7 @@ impl Admin {
             Match::NotFound => {
                 // Unknown /v1 paths answer 401 to strangers, as every /v1 route does.
                 if path.starts_with("/v1/")
-                    && let Err(resp) = self.caller(&req, &conn)
+                    && let Err(resp) = self.caller(&req, &conn).await
                 {
                     return *resp;
                 }
@@ -214,15 +216,28 @@ impl Admin {
         match op {
             (Op::Public(op), _) => self.public(op).await,
             (Op::Api(op), params) => {
-                let by = match self.caller(&req, &conn) {
-                    Ok(by) => by,
+                let (principal, by) = match self.caller(&req, &conn).await {
+                    Ok(x) => x,
                     Err(resp) => return *resp,
                 };
-                match self.api(op, &params, req, &by).await {
+                match self.api(op, &params, req, &principal, &by).await {
                     Ok(r) => r,
                     Err(e) => {
                         if matches!(e, LifecycleError::Store(_) | LifecycleError::Rng) {
                             tracing::error!(error = %e, %method, path, "admin request failed");
+                        }
+                        if let LifecycleError::Forbidden(reason) = &e {
+                            let token_id = params.try_get("id");
+                            self.lifecycle
+                                .audit(
+                                    &by,
+                                    Op::Api(op).operation_id(),
+                                    token_id,
+                                    None,
+                                    "denied",
+                                    serde_json::json!({ "reason": reason }),
+                                )
+                                .await;
                         }
                         error_response(&e)
                     }
@@ -231,17 +246,38 @@ impl Admin {
         }
     }
 
-    /// The authenticated caller, or the 401 to send.
-    fn caller(
+    /// The authenticated caller (and its audit identity), or the response to send.
+    async fn caller(
         &self,
         req: &Request<Incoming>,
         conn: &ConnInfo,
-    ) -> Result<Caller, Box<Response<Body>>> {
-        let actor = caller::authenticate(req.headers(), &self.keys)?;
-        Ok(Caller {
-            actor,
-            ip: Some(crate::client_ip::canonical(conn.peer.ip())),
-        })
+    ) -> Result<(Principal, Caller), Box<Response<Body>>> {
+        let ip = crate::client_ip::canonical(conn.peer.ip());
+        let principal = caller::resolve(
+            req.headers(),
+            &self.keys,
+            self.lifecycle.token_settings(),
+            self.lifecycle.cache(),
+            ip,
+        )
+        .await?;
+        let by = Caller {
+            actor: principal.actor(),
+            ip: Some(ip),
+        };
+        Ok((principal, by))
+    }
+
+    /// The record `id`, if `who` may manage it (else 404 / 403).
+    async fn managed(&self, who: &Principal, id: &str) -> Result<TokenRecord, LifecycleError> {
+        let r = self
+            .lifecycle
+            .store()
+            .get(id)
+            .await?
+            .ok_or(LifecycleError::NotFound)?;
+        who.may_manage(&r).map_err(forbidden)?;
+        Ok(r)
     }
 
     /// Unauthenticated routes.
@@ -255,6 +291,19 @@ impl Admin {
             // and holds no secret, key or token.
             PublicOp::OpenApi => {
                 json_response(StatusCode::OK, Bytes::from_static(OPENAPI_JSON.as_bytes()))
+            }
+            // Served without authentication, as Prometheus scrapes it: counts and
+            // latencies only, labels bounded and free of token ids.
+            PublicOp::Metrics => {
+                self.lifecycle.cache().len();
+                let mut r = Response::new(crate::body::full(crate::metrics::metrics().encode()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
             }
         }
     }
@@ -280,13 +329,21 @@ impl Admin {
     }
 
     /// Authenticated routes; `by` is the authenticated caller.
-    async fn api(&self, op: ApiOp, p: &Params, req: Request<Incoming>, by: &Caller) -> Reply {
+    async fn api(
+        &self,
+        op: ApiOp,
+        p: &Params,
+        req: Request<Incoming>,
+        who: &Principal,
+        by: &Caller,
+    ) -> Reply {
         let lc = &self.lifecycle;
         match op {
             ApiOp::CreateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
-                let new = input::new_token(&mut f)?;
+                let mut new = input::new_token(&mut f)?;
                 f.finish()?;
+                who.check_create(&mut new).map_err(forbidden)?;
                 let (token, record) = lc.create(new, by).await?;
                 ok_json(
                     StatusCode::CREATED,
@@ -294,11 +351,14 @@ impl Admin {
                 )
             }
             ApiOp::ListTokens => {
-                let q = list_query(&query_pairs(&req))?;
+                let mut q = list_query(&query_pairs(&req))?;
+                who.scope_list(&mut q).map_err(forbidden)?;
                 let page = lc.store().list(&q).await?;
                 ok_json(StatusCode::OK, &page)
             }
             ApiOp::ImportToken => {
+                who.require_admin_key("Importing tokens")
+                    .map_err(forbidden)?;
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let sha = f
                     .string("sha256")?
@@ -310,21 +370,20 @@ impl Admin {
                 ok_json(StatusCode::CREATED, &serde_json::json!({"record": record}))
             }
             ApiOp::GetToken => {
-                let r = lc
-                    .store()
-                    .get(p.get("id"))
-                    .await?
-                    .ok_or(LifecycleError::NotFound)?;
+                let r = self.managed(who, p.get("id")).await?;
                 ok_json(StatusCode::OK, &r)
             }
             ApiOp::UpdateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let patch = input::patch(&mut f)?;
                 f.finish()?;
+                self.managed(who, p.get("id")).await?;
+                who.check_patch(&patch).map_err(forbidden)?;
                 let r = lc.update(p.get("id"), patch, by, "token.update").await?;
                 ok_json(StatusCode::OK, &r)
             }
             ApiOp::DeleteToken => {
+                self.managed(who, p.get("id")).await?;
                 lc.delete(p.get("id"), by).await?;
                 Ok(Response::builder()
                     .status(StatusCode::NO_CONTENT)
@@ -332,15 +391,23 @@ impl Admin {
                     .unwrap_or_default())
             }
             ApiOp::RevokeToken => {
+                self.managed(who, p.get("id")).await?;
                 let r = lc.revoke(p.get("id"), by).await?;
                 ok_json(StatusCode::OK, &r)
             }
-            ApiOp::DeactivateToken => self.set_active(p.get("id"), false, by).await,
-            ApiOp::ActivateToken => self.set_active(p.get("id"), true, by).await,
+            ApiOp::DeactivateToken => {
+                self.managed(who, p.get("id")).await?;
+                self.set_active(p.get("id"), false, by).await
+            }
+            ApiOp::ActivateToken => {
+                self.managed(who, p.get("id")).await?;
+                self.set_active(p.get("id"), true, by).await
+            }
             ApiOp::RegenerateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let grace = f.uint("gracePeriodSeconds")?.unwrap_or(0);
                 f.finish()?;
+                self.managed(who, p.get("id")).await?;
                 let (token, record) = lc
                     .regenerate(p.get("id"), Duration::from_secs(grace), by)
                     .await?;
@@ -349,9 +416,19 @@ impl Admin {
                     &serde_json::json!({"token": token, "record": record}),
                 )
             }
-            ApiOp::DisableOwner => self.set_owner_disabled(p.get("ownerId"), true, by).await,
-            ApiOp::EnableOwner => self.set_owner_disabled(p.get("ownerId"), false, by).await,
+            ApiOp::DisableOwner => {
+                who.require_admin_key("Disabling an owner")
+                    .map_err(forbidden)?;
+                self.set_owner_disabled(p.get("ownerId"), true, by).await
+            }
+            ApiOp::EnableOwner => {
+                who.require_admin_key("Enabling an owner")
+                    .map_err(forbidden)?;
+                self.set_owner_disabled(p.get("ownerId"), false, by).await
+            }
             ApiOp::ListAudit => {
+                who.require_admin_key("The audit trail")
+                    .map_err(forbidden)?;
                 let q = audit_query(&query_pairs(&req))?;
                 let limit = q.limit;
                 let items = lc.store().list_audit(&q).await?;
@@ -391,6 +468,10 @@ impl Admin {
             &serde_json::json!({"ownerId": owner, "disabled": disabled}),
         )
     }
+}
+
+fn forbidden(f: authorize::Forbidden) -> LifecycleError {
+    LifecycleError::Forbidden(f.0)
 }
 
 /// `405` with the `Allow` header listing the methods the path accepts.

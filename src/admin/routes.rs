@@ -36,6 +36,8 @@ pub enum PublicOp {
     Readyz,
     /// `GET /v1/openapi.json`: this API's OpenAPI 3.1 document.
     OpenApi,
+    /// `GET /metrics`: Prometheus metrics.
+    Metrics,
 }
 
 /// Authenticated management operations (SPEC §4).
@@ -76,6 +78,7 @@ impl Op {
             Op::Public(PublicOp::Healthz) => "healthz",
             Op::Public(PublicOp::Readyz) => "readyz",
             Op::Public(PublicOp::OpenApi) => "getOpenApi",
+            Op::Public(PublicOp::Metrics) => "metrics",
             Op::Api(ApiOp::CreateToken) => "createToken",
             Op::Api(ApiOp::ListTokens) => "listTokens",
             Op::Api(ApiOp::ImportToken) => "importToken",
@@ -119,6 +122,7 @@ pub const ROUTES: &[RouteDef] = &[
     route("GET", "/healthz", Op::Public(PublicOp::Healthz)),
     route("GET", "/readyz", Op::Public(PublicOp::Readyz)),
     route("GET", "/v1/openapi.json", Op::Public(PublicOp::OpenApi)),
+    route("GET", "/metrics", Op::Public(PublicOp::Metrics)),
     route("POST", "/v1/tokens", Op::Api(ApiOp::CreateToken)),
     route("GET", "/v1/tokens", Op::Api(ApiOp::ListTokens)),
     route("POST", "/v1/tokens/import", Op::Api(ApiOp::ImportToken)),
@@ -170,6 +174,14 @@ impl Params {
             .iter()
             .find(|(n, _)| *n == name)
             .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// The decoded capture `name`, if the template has it.
+    pub fn try_get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
