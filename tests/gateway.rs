@@ -747,3 +747,143 @@ async fn dot_segments_cannot_escape_an_unauthenticated_route() {
         "upstream must get the normalised path: {answer}"
     );
 }
+
+#[tokio::test]
+async fn usage_counts_reach_the_record_and_survive_a_graceful_shutdown() {
+    let mut e = env().await;
+    let (token, record) = e.admin.create(reader()).await;
+    let id = record["id"].as_str().unwrap().to_string();
+    for _ in 0..5 {
+        assert_eq!(e.get("/api/x", Some(&token)).await.0, 200);
+    }
+    // Flushed in the background within a second.
+    let start = Instant::now();
+    loop {
+        let (_, r) = e
+            .admin
+            .call(reqwest::Method::GET, &format!("/v1/tokens/{id}"), None)
+            .await;
+        if r["usageCount"] == 5 {
+            assert!(r["lastUsedAt"].is_string(), "{r}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "usage not flushed: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Three more, then SIGTERM at once: the final flush on shutdown keeps them.
+    for _ in 0..3 {
+        assert_eq!(e.get("/api/x", Some(&token)).await.0, 200);
+    }
+    let status =
+        e.gw.terminate(Duration::from_secs(10))
+            .expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let gw2 = GatewayProcess::start(&config(&e.redis.url(), &e._upstream.url(), ""));
+    let admin2 = AdminApi::new(&gw2.admin_url);
+    let (_, r) = admin2
+        .call(reqwest::Method::GET, &format!("/v1/tokens/{id}"), None)
+        .await;
+    assert_eq!(r["usageCount"], 8, "{r}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let mut e = env().await;
+    let (token, _) = e.admin.create(reader()).await;
+    let url = format!("{}/delay/1500", e.gw.url);
+    let http = e.http.clone();
+    let t = token.clone();
+    let in_flight = tokio::spawn(async move {
+        http.get(url)
+            .bearer_auth(t)
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = e.gw.pid();
+    let killer = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+    });
+    killer.await.unwrap().unwrap();
+    let status = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
+    assert_eq!(status, 200);
+    let exit = tokio::task::spawn_blocking(move || e.gw.terminate(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("exited");
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn access_log_names_the_token_prefix_and_deny_reason_but_never_the_token() {
+    let e = env().await;
+    let (token, record) = e.admin.create(reader()).await;
+    assert_eq!(e.get("/api/x", Some(&token)).await.0, 200);
+    e.admin
+        .post(&format!(
+            "/v1/tokens/{}/revoke",
+            record["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(e.get("/api/x", Some(&token)).await.0, 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = e.gw.log_lines();
+    let access: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "patgate::access")
+        .collect();
+    let allowed = access
+        .iter()
+        .find(|v| v["status"] == 200)
+        .expect("allowed line");
+    assert_eq!(allowed["token.id"], record["id"]);
+    assert_eq!(allowed["token.prefix"], &token[..12]);
+    assert_eq!(allowed["route"], "api");
+    assert_eq!(allowed["client.ip"], "127.0.0.1");
+    assert!(allowed["duration_ms"].is_number());
+    let denied = access
+        .iter()
+        .find(|v| v["status"] == 401)
+        .expect("denied line");
+    assert_eq!(denied["deny.reason"], "revoked");
+    assert_eq!(denied["token.prefix"], &token[..12]);
+    assert!(
+        lines.iter().all(|l| !l.contains(&token)),
+        "full token logged"
+    );
+}
+
+#[tokio::test]
+async fn readiness_stays_up_once_the_store_answered_and_is_down_before() {
+    let mut e = env().await;
+    let ready = |url: String| async move {
+        let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (s, body) = ready(e.gw.admin_url.clone()).await;
+    assert_eq!((s, body["status"].as_str()), (200, Some("ready")));
+    e.redis.stop();
+    let (s, body) = ready(e.gw.admin_url.clone()).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["status"], "degraded");
+    assert!(
+        body["checks"]["store"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreachable")
+    );
+    // A replica whose store never answered is not ready.
+    let cold = GatewayProcess::start(&config(&e.redis.url(), &e._upstream.url(), ""));
+    let (s, body) = ready(cold.admin_url.clone()).await;
+    assert_eq!((s, body["status"].as_str()), (503, Some("not ready")));
+}

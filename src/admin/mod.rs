@@ -47,6 +47,8 @@ const MAX_BODY: usize = 1 << 20;
 pub struct Admin {
     lifecycle: Lifecycle,
     keys: Vec<AdminKey>,
+    /// Whether the store has answered a readiness check since start.
+    store_seen: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Admin {
@@ -184,7 +186,11 @@ fn audit_query(pairs: &[(String, String)]) -> Result<AuditQuery, LifecycleError>
 impl Admin {
     /// The admin API over `lifecycle`, accepting `keys`.
     pub fn new(lifecycle: Lifecycle, keys: Vec<AdminKey>) -> Self {
-        Admin { lifecycle, keys }
+        Admin {
+            lifecycle,
+            keys,
+            store_seen: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Handles one admin request: match the route table, authenticate the caller
@@ -308,24 +314,42 @@ impl Admin {
         }
     }
 
+    /// Readiness. The store is checked with a 2 s bound. A replica is *not ready* only
+    /// while its store has never answered since start: with a cold cache every request
+    /// would get 503. Once the store has answered, a later outage keeps the replica
+    /// ready (reported as `degraded`): cached tokens keep working, and failing every
+    /// replica's readiness at once would turn a Redis outage into a full outage.
     async fn readyz(&self) -> Response<Body> {
-        match tokio::time::timeout(Duration::from_secs(2), self.lifecycle.store().ping()).await {
-            Ok(Ok(())) => json_response(
+        let store =
+            match tokio::time::timeout(Duration::from_secs(2), self.lifecycle.store().ping()).await
+            {
+                Ok(Ok(())) => {
+                    self.store_seen
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_string()),
+            };
+        let seen = self.store_seen.load(std::sync::atomic::Ordering::Relaxed);
+        let (status, state, store_check) = match &store {
+            Ok(()) => (StatusCode::OK, "ready", "ok".to_string()),
+            Err(e) if seen => (
                 StatusCode::OK,
-                Bytes::from_static(br#"{"status":"ready","checks":{"store":"ok","config":"ok","listeners":"ok"}}"#),
+                "degraded",
+                format!("unreachable, serving cached tokens: {e}"),
             ),
-            Ok(Err(e)) => {
-                let body = serde_json::json!({
-                    "status": "not ready",
-                    "checks": {"store": format!("failed: {e}"), "config": "ok", "listeners": "ok"},
-                });
-                json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(body.to_string()))
-            }
-            Err(_) => json_response(
+            Err(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Bytes::from_static(br#"{"status":"not ready","checks":{"store":"failed: timed out","config":"ok","listeners":"ok"}}"#),
+                "not ready",
+                format!("failed: {e}"),
             ),
-        }
+        };
+        let body = serde_json::json!({
+            "status": state,
+            "checks": {"store": store_check, "config": "ok", "listeners": "ok"},
+        });
+        json_response(status, Bytes::from(body.to_string()))
     }
 
     /// Authenticated routes; `by` is the authenticated caller.

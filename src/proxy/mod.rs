@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::auth::{self, Deny, Identity, RequestFacts};
+use crate::auth::{self, Identity, RequestFacts};
 use crate::body::{self, Body};
 use crate::cache::TokenCache;
 use crate::client_ip;
@@ -103,6 +103,8 @@ struct Outcome<'a> {
     route: &'a str,
     status: StatusCode,
     identity: Option<&'a Identity>,
+    /// Display prefix of the presented token, when there was one.
+    presented: Option<&'a str>,
     deny: Option<&'static str>,
 }
 
@@ -147,6 +149,14 @@ impl Gateway {
         let trusted = &settings.client_ip.trusted_proxies;
         let client_ip = client_ip::resolve(conn.peer.ip(), req.headers(), trusted);
         let method = req.method().clone();
+        // For the access log of denied requests: the presented token's display prefix
+        // (the first 12 characters, safe to log), never more.
+        let presented = settings
+            .logging
+            .access_log
+            .then(|| auth::credentials::bearer(req.headers()).ok())
+            .flatten()
+            .map(|t| crate::token::display_prefix(t).to_string());
 
         let result = self.route_and_forward(&rt, req, conn, client_ip).await;
         let (resp, route_name, identity, deny) = match result {
@@ -192,6 +202,7 @@ impl Gateway {
                     route: &route_name,
                     status: resp.status(),
                     identity: identity.as_ref(),
+                    presented: presented.as_deref(),
                     deny,
                 },
             );
@@ -404,7 +415,7 @@ fn access_log(method: &Method, client_ip: IpAddr, started: Instant, o: Outcome<'
     let (token_id, token_prefix) = o
         .identity
         .map(|i| (i.record().id.as_str(), i.record().prefix.as_str()))
-        .unwrap_or(("", ""));
+        .unwrap_or(("", o.presented.unwrap_or("")));
     tracing::info!(
         target: "patgate::access",
         method = %method,
@@ -417,9 +428,4 @@ fn access_log(method: &Method, client_ip: IpAddr, started: Instant, o: Outcome<'
         deny.reason = o.deny.unwrap_or(""),
         "request"
     );
-}
-
-/// Reasons with their response status, exported for tests and docs.
-pub fn deny_status(d: &Deny, prefix: &str) -> StatusCode {
-    GatewayError::Denied(d.clone()).parts(prefix).status
 }
