@@ -18,7 +18,7 @@
 //! store call. Invalidations (local changes and the store's pub/sub) drop entries at
 //! once; an epoch counter keeps a fetch that raced an invalidation from being cached.
 //! Cost of a hit: one moka lookup (no allocation, no lock held across `await`; keys
-//! are hashed by [`HashKeyHasher`], times read from the TSC via quanta).
+//! are hashed by [`HashKeyHasher`], freshness timed with quanta).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -185,10 +185,14 @@ impl TokenCache {
         let store = inner.store.clone();
         let slot = inner
             .tokens
-            .try_get_with(
-                hash,
-                async move { store.lookup(&hash).await.map(Slot::new) },
-            )
+            .try_get_with(hash, async move {
+                let started = Instant::now();
+                let found = store.lookup(&hash).await.map(Slot::new);
+                metrics()
+                    .store_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                found
+            })
             .await
             .map_err(|e| {
                 metrics().store_errors.inc();

@@ -887,3 +887,96 @@ async fn readiness_stays_up_once_the_store_answered_and_is_down_before() {
     let (s, body) = ready(cold.admin_url.clone()).await;
     assert_eq!((s, body["status"].as_str()), (503, Some("not ready")));
 }
+
+fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let info = redis.cli(&["INFO", "commandstats"]);
+    info.lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_store_call_and_unknown_tokens_are_cached() {
+    let e = env().await;
+    let (token, _) = e.admin.create(reader()).await;
+    e.redis.cli(&["CONFIG", "RESETSTAT"]);
+    let burst = (0..50).map(|_| e.get("/api/x", Some(&token)));
+    let statuses: Vec<u16> = futures_util::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|r| r.0.as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        redis_calls(&e.redis, "get"),
+        1,
+        "50 concurrent misses for one token must make one lookup"
+    );
+
+    // A flood of one unknown well-formed token: one lookup, then negative cache hits.
+    let unknown = patgate::token::generate("pat_").unwrap();
+    e.redis.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..20 {
+        assert_eq!(e.get("/api/x", Some(&unknown)).await.0, 401);
+    }
+    assert_eq!(
+        redis_calls(&e.redis, "get"),
+        1,
+        "unknown tokens are cached negatively"
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_passes_through_after_authentication() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env().await;
+    let (token, _) = e.admin.create(reader()).await;
+    let addr = e.gw.url.trim_start_matches("http://").to_string();
+
+    // Without a token: no upgrade, a 401.
+    let answer = raw(
+        &e.gw.url,
+        "GET /api/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "GET /api/ws HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Auth-User-Id: forged\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "head ended early: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains("x-seen-auth-user: user-42"),
+        "identity injected, spoof stripped: {head}"
+    );
+    // Bytes both ways.
+    for msg in [&b"hello"[..], b"second frame", &[0u8, 255, 10, 13][..]] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg);
+    }
+    // Client closes its side: the upstream's echo ends and the gateway closes ours.
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(Ok(0))), "connection closed cleanly: {n:?}");
+}

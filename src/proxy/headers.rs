@@ -65,6 +65,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(&PROXY_CONNECTION);
 }
 
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` and
+/// an `Upgrade` header), e.g. `websocket`.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
 /// Sets `X-Forwarded-For` / `-Proto` / `-Host`. A trusted peer's chain is extended;
 /// an untrusted peer's claims (`X-Forwarded-*`, `Forwarded`) are replaced.
 pub fn set_forwarded(

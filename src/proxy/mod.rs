@@ -156,6 +156,9 @@ impl Gateway {
             .access_log
             .then(|| auth::credentials::bearer(req.headers()).ok())
             .flatten()
+            // Short credentials would be mostly shown by a 12-character prefix: log
+            // only the prefix of something token-sized.
+            .filter(|t| t.len() >= 2 * crate::token::DISPLAY_PREFIX_LEN)
             .map(|t| crate::token::display_prefix(t).to_string());
 
         let result = self.route_and_forward(&rt, req, conn, client_ip).await;
@@ -214,7 +217,7 @@ impl Gateway {
     async fn route_and_forward(
         &self,
         rt: &Runtime,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: ConnInfo,
         client_ip: IpAddr,
     ) -> Result<(Response<Body>, String, Option<Identity>), (GatewayError, String, Option<Identity>)>
@@ -296,6 +299,10 @@ impl Gateway {
         };
 
         // upstream_request_filter
+        // An HTTP/1.1 `Upgrade` (e.g. WebSocket) keeps its upgrade headers, and the
+        // client side of the upgrade is claimed before the request is taken apart.
+        let upgrade = headers::upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
         let peer_trusted = client_ip::contains(&settings.client_ip.trusted_proxies, conn.peer.ip());
         let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -305,6 +312,12 @@ impl Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(proto) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
         if !settings.forward_authorization {
             parts.headers.remove(header::AUTHORIZATION);
         }
@@ -373,6 +386,30 @@ impl Gateway {
         };
 
         // response_filter
+        let mut resp = resp;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, route_name.clone()));
+            let (mut rparts, _) = resp.into_parts();
+            let proto = rparts.headers.get(header::UPGRADE).cloned();
+            headers::strip_hop_by_hop(&mut rparts.headers);
+            if let Some(proto) = proto {
+                rparts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                rparts.headers.insert(header::UPGRADE, proto);
+            }
+            if let Some(rate) = identity.as_ref().and_then(|i| i.rate) {
+                rate.apply(&mut rparts.headers);
+            }
+            return Ok((
+                Response::from_parts(rparts, body::empty()),
+                route_name,
+                identity,
+            ));
+        }
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers);
         if let Some(rate) = identity.as_ref().and_then(|i| i.rate) {
@@ -383,6 +420,32 @@ impl Gateway {
             route_name,
             identity,
         ))
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and the upgraded
+/// upstream connection until either side closes; then shuts both down.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    route: String,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(route = %route, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => {
+            tracing::debug!(route = %route, bytes.up = up, bytes.down = down, "upgraded connection closed")
+        }
+        Err(e) => {
+            tracing::debug!(route = %route, error = %e, "upgraded connection ended with error")
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! - any path: answers 200 with JSON `{method, uri, headers, bodyBytes}` (the request
 //!   body is read fully and counted, never kept);
 //! - `.../delay/<ms>...`: sleeps first (for 504 tests);
-//! - `.../stream/<bytes>...`: streams that many bytes back in 64 KiB chunks.
+//! - `.../stream/<bytes>...`: streams that many bytes back in 64 KiB chunks;
+//! - any request with `Upgrade`: `101`, then echoes the raw upgraded bytes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,7 +51,7 @@ impl Upstream {
                 };
                 tokio::spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service_fn(handle))
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handle))
                         .await;
                 });
             }
@@ -66,8 +67,36 @@ fn number_after(path: &str, marker: &str) -> Option<u64> {
     rest.split('/').next()?.parse().ok()
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    if let Some(proto) = req.headers().get("upgrade").cloned() {
+        // Any upgrade: 101, then echo the raw bytes until the client closes.
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(io) = on.await {
+                let mut io = TokioIo::new(io);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+            }
+        });
+        let body = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed();
+        return Ok(Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", proto)
+            .header(
+                "x-seen-auth-user",
+                req.headers()
+                    .get("x-auth-user-id")
+                    .cloned()
+                    .unwrap_or_else(|| http::HeaderValue::from_static("")),
+            )
+            .body(body)
+            .expect("static response"));
+    }
     if let Some(ms) = number_after(&path, "/delay/") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
