@@ -1,5 +1,7 @@
-//! The admin API against the real binary and a real Redis: caller authentication,
-//! validation (400 naming the field), CRUD, listing, import, regenerate, audit.
+//! The admin API against the real binary, on both stores — a real Redis and the
+//! embedded redb file: caller authentication, validation (400 naming the field), CRUD,
+//! listing, import, regenerate, audit, PAT callers, metrics. Every scenario is one
+//! `async fn` taking the [`Backend`]; `both!` turns it into a test per store.
 
 mod common;
 
@@ -12,13 +14,17 @@ use common::upstream::Upstream;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-fn config(redis: &str, upstream: &str, extra: &str) -> String {
+/// Which store a scenario runs against.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Redis,
+    Embedded,
+}
+
+fn config(store: &str, upstream: &str, extra: &str) -> String {
     format!(
         r#"
-store:
-  backend: redis
-  redis:
-    url: "{redis}"
+{store}
 tokens:
   prefix: pat_
   default_expiry: 30d
@@ -36,19 +42,41 @@ routes:
 }
 
 struct Env {
-    _redis: RedisServer,
+    _redis: Option<RedisServer>,
+    _dir: tempfile::TempDir,
     _upstream: Upstream,
     gw: GatewayProcess,
     admin: AdminApi,
 }
 
-async fn env() -> Env {
-    let redis = RedisServer::start();
+async fn env(backend: Backend) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let (redis, store) = match backend {
+        Backend::Redis => {
+            let redis = RedisServer::start();
+            let store = format!(
+                "store:\n  backend: redis\n  redis:\n    url: \"{}\"",
+                redis.url()
+            );
+            (Some(redis), store)
+        }
+        Backend::Embedded => {
+            let path = dir.path().join("patgate.redb");
+            (
+                None,
+                format!(
+                    "store:\n  backend: embedded\n  embedded:\n    path: \"{}\"",
+                    path.display()
+                ),
+            )
+        }
+    };
     let upstream = Upstream::start().await;
-    let gw = GatewayProcess::start(&config(&redis.url(), &upstream.url(), ""));
+    let gw = GatewayProcess::start(&config(&store, &upstream.url(), ""));
     let admin = AdminApi::new(&gw.admin_url);
     Env {
         _redis: redis,
+        _dir: dir,
         _upstream: upstream,
         gw,
         admin,
@@ -66,9 +94,8 @@ async fn status_with(url: &str, token: &str) -> u16 {
         .as_u16()
 }
 
-#[tokio::test]
-async fn callers_without_a_valid_admin_key_get_401() {
-    let e = env().await;
+async fn callers_without_a_valid_admin_key_get_401(backend: Backend) {
+    let e = env(backend).await;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/tokens", e.gw.admin_url);
     let r = http.get(&url).send().await.unwrap();
@@ -108,9 +135,8 @@ async fn callers_without_a_valid_admin_key_get_401() {
     assert_eq!(r.json::<Value>().await.unwrap()["checks"]["store"], "ok");
 }
 
-#[tokio::test]
-async fn create_returns_the_secret_once_and_records_never_hold_it() {
-    let e = env().await;
+async fn create_returns_the_secret_once_and_records_never_hold_it(backend: Backend) {
+    let e = env(backend).await;
     let (token, record) = e
         .admin
         .create(json!({
@@ -176,9 +202,8 @@ async fn create_returns_the_secret_once_and_records_never_hold_it() {
     assert_eq!(s, 404);
 }
 
-#[tokio::test]
-async fn validation_errors_are_400_naming_the_field() {
-    let e = env().await;
+async fn validation_errors_are_400_naming_the_field(backend: Backend) {
+    let e = env(backend).await;
     let far = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 500)).to_string();
     let past = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)).to_string();
     let cases = [
@@ -243,9 +268,8 @@ async fn validation_errors_are_400_naming_the_field() {
     assert_eq!(r.json::<Value>().await.unwrap()["field"], "body");
 }
 
-#[tokio::test]
-async fn creation_limit_per_owner_is_429_with_retry_after() {
-    let e = env().await;
+async fn creation_limit_per_owner_is_429_with_retry_after(backend: Backend) {
+    let e = env(backend).await;
     for _ in 0..3 {
         e.admin
             .create(json!({"name": "n", "ownerId": "limited"}))
@@ -275,9 +299,8 @@ async fn creation_limit_per_owner_is_429_with_retry_after() {
         .await;
 }
 
-#[tokio::test]
-async fn list_filters_and_cursor_paging() {
-    let e = env().await;
+async fn list_filters_and_cursor_paging(backend: Backend) {
+    let e = env(backend).await;
     let mut ids = Vec::new();
     for i in 0..7 {
         let owner = format!("owner-{}", i % 3);
@@ -357,9 +380,8 @@ async fn list_filters_and_cursor_paging() {
     assert_eq!((s, p["field"].as_str()), (400, Some("limit")));
 }
 
-#[tokio::test]
-async fn update_changes_fields_without_rotating_the_secret() {
-    let e = env().await;
+async fn update_changes_fields_without_rotating_the_secret(backend: Backend) {
+    let e = env(backend).await;
     let (token, record) = e
         .admin
         .create(json!({"name": "n", "ownerId": "u", "scopes": ["a"]}))
@@ -392,9 +414,8 @@ async fn update_changes_fields_without_rotating_the_secret() {
     assert_eq!((s, resp["field"].as_str()), (400, Some("name")));
 }
 
-#[tokio::test]
-async fn regenerate_with_and_without_grace_and_import_of_foreign_hashes() {
-    let e = env().await;
+async fn regenerate_with_and_without_grace_and_import_of_foreign_hashes(backend: Backend) {
+    let e = env(backend).await;
     let (old, record) = e.admin.create(json!({"name": "n", "ownerId": "u"})).await;
     let id = record["id"].as_str().unwrap();
     let url = format!("{}/x", e.gw.url);
@@ -487,9 +508,8 @@ async fn regenerate_with_and_without_grace_and_import_of_foreign_hashes() {
     assert_eq!((s, resp["field"].as_str()), (400, Some("sha256")));
 }
 
-#[tokio::test]
-async fn audit_trail_records_every_action_without_secrets() {
-    let e = env().await;
+async fn audit_trail_records_every_action_without_secrets(backend: Backend) {
+    let e = env(backend).await;
     let (token, record) = e.admin.create(json!({"name": "n", "ownerId": "u"})).await;
     let id = record["id"].as_str().unwrap();
     e.admin.post(&format!("/v1/tokens/{id}/deactivate")).await;
@@ -536,9 +556,8 @@ async fn audit_trail_records_every_action_without_secrets() {
     assert!(!audit.to_string().contains(&token[12..]));
 }
 
-#[tokio::test]
-async fn openapi_document_is_served_without_a_key_and_wrong_methods_get_405() {
-    let e = env().await;
+async fn openapi_document_is_served_without_a_key_and_wrong_methods_get_405(backend: Backend) {
+    let e = env(backend).await;
     let http = reqwest::Client::new();
     let r = http
         .get(format!("{}/v1/openapi.json", e.gw.admin_url))
@@ -606,9 +625,8 @@ async fn as_pat(
     }
 }
 
-#[tokio::test]
-async fn a_tokens_admin_pat_manages_its_organization_only() {
-    let e = env().await;
+async fn a_tokens_admin_pat_manages_its_organization_only(backend: Backend) {
+    let e = env(backend).await;
     let (org_admin, _) = e
         .admin
         .create(json!({"name": "oa", "ownerId": "alice", "orgId": "o1", "permissions": ["tokens:admin"]}))
@@ -728,9 +746,8 @@ async fn a_tokens_admin_pat_manages_its_organization_only() {
     assert!(denied["actor"].as_str().unwrap().starts_with("token:"));
 }
 
-#[tokio::test]
-async fn a_tokens_self_pat_manages_only_its_own_tokens_without_escalation() {
-    let e = env().await;
+async fn a_tokens_self_pat_manages_only_its_own_tokens_without_escalation(backend: Backend) {
+    let e = env(backend).await;
     let (me, _) = e
         .admin
         .create(json!({"name": "self", "ownerId": "me", "permissions": ["tokens:self", "read"], "scopes": ["docs"]}))
@@ -832,9 +849,8 @@ async fn a_tokens_self_pat_manages_only_its_own_tokens_without_escalation() {
     );
 }
 
-#[tokio::test]
-async fn other_pats_and_bad_credentials_are_refused_with_clear_messages() {
-    let e = env().await;
+async fn other_pats_and_bad_credentials_are_refused_with_clear_messages(backend: Backend) {
+    let e = env(backend).await;
     let (plain, _) = e
         .admin
         .create(json!({"name": "p", "ownerId": "u", "permissions": ["read"]}))
@@ -871,9 +887,8 @@ async fn other_pats_and_bad_credentials_are_refused_with_clear_messages() {
     );
 }
 
-#[tokio::test]
-async fn metrics_are_served_in_prometheus_text() {
-    let e = env().await;
+async fn metrics_are_served_in_prometheus_text(backend: Backend) {
+    let e = env(backend).await;
     let (token, _) = e.admin.create(json!({"name": "m", "ownerId": "u"})).await;
     status_with(&format!("{}/x", e.gw.url), &token).await;
     status_with(&format!("{}/x", e.gw.url), "xyz_bad").await;
@@ -901,3 +916,31 @@ async fn metrics_are_served_in_prometheus_text() {
     assert!(text.contains("patgate_cache_misses_total 1"));
     assert!(!text.contains(&token[4..]), "no secret in metrics");
 }
+
+/// One `#[tokio::test]` per store for each scenario.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod redis_store {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Redis).await } )*
+        }
+        mod embedded_store {
+            $( #[tokio::test] async fn $name() { super::$name(super::Backend::Embedded).await } )*
+        }
+    };
+}
+
+both!(
+    callers_without_a_valid_admin_key_get_401,
+    create_returns_the_secret_once_and_records_never_hold_it,
+    validation_errors_are_400_naming_the_field,
+    creation_limit_per_owner_is_429_with_retry_after,
+    list_filters_and_cursor_paging,
+    update_changes_fields_without_rotating_the_secret,
+    regenerate_with_and_without_grace_and_import_of_foreign_hashes,
+    audit_trail_records_every_action_without_secrets,
+    openapi_document_is_served_without_a_key_and_wrong_methods_get_405,
+    a_tokens_admin_pat_manages_its_organization_only,
+    a_tokens_self_pat_manages_only_its_own_tokens_without_escalation,
+    other_pats_and_bad_credentials_are_refused_with_clear_messages,
+    metrics_are_served_in_prometheus_text,
+);
