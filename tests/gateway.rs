@@ -980,3 +980,71 @@ async fn websocket_upgrade_passes_through_after_authentication() {
     let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(matches!(n, Ok(Ok(0))), "connection closed cleanly: {n:?}");
 }
+
+/// Polls `url` with `token` until it answers `want`, failing after a second.
+async fn within_a_second(http: &reqwest::Client, url: &str, token: &str, want: u16) {
+    let start = Instant::now();
+    loop {
+        let s = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if s == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{url}: still {s}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn updates_and_owner_changes_reach_a_second_gateway_within_a_second() {
+    let e = env().await;
+    let gw2 = GatewayProcess::start(&config(&e.redis.url(), &e._upstream.url(), ""));
+    let (token, record) = e.admin.create(reader()).await;
+    let id = record["id"].as_str().unwrap();
+    let url2 = format!("{}/api/x", gw2.url);
+    within_a_second(&e.http, &url2, &token, 200).await;
+    // PATCH without rotation: the new allowlist is enforced on the other replica.
+    let (s, _) = e
+        .admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/tokens/{id}"),
+            Some(json!({"ipAllowlist": ["10.0.0.0/8"]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    within_a_second(&e.http, &url2, &token, 403).await;
+    e.admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/tokens/{id}"),
+            Some(json!({"ipAllowlist": []})),
+        )
+        .await;
+    within_a_second(&e.http, &url2, &token, 200).await;
+    // Owner disabled, then enabled.
+    assert_eq!(e.admin.post("/v1/owners/user-42/disable").await.0, 200);
+    within_a_second(&e.http, &url2, &token, 401).await;
+    assert_eq!(e.admin.post("/v1/owners/user-42/enable").await.0, 200);
+    within_a_second(&e.http, &url2, &token, 200).await;
+    // Regenerate with zero grace: the old secret stops on the other replica too.
+    let (_, resp) = e
+        .admin
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/tokens/{id}/regenerate"),
+            Some(json!({"gracePeriodSeconds": 0})),
+        )
+        .await;
+    within_a_second(&e.http, &url2, &token, 401).await;
+    within_a_second(&e.http, &url2, resp["token"].as_str().unwrap(), 200).await;
+}
