@@ -29,9 +29,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jiff::{SignedDuration, Timestamp};
+
+use super::entry::{Graced, IdEntry, TokEntry, after, corrupt, hash_of, to_json};
+use jiff::Timestamp;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::{
@@ -51,40 +52,6 @@ const AUDIT: TableDefinition<&str, &str> = TableDefinition::new("audit");
 const INVALIDATION_CAPACITY: usize = 1024;
 /// Compare-and-set attempts of [`TokenStore::update`] before giving up.
 const UPDATE_ATTEMPTS: usize = 8;
-
-/// What a hash resolves to in the `tokens` table.
-// Short-lived decode target; boxing the record would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-enum TokEntry {
-    /// The current secret of a token.
-    Current { record: TokenRecord },
-    /// A rotated-out secret, valid until `grace_until`.
-    Alias {
-        #[serde(rename = "aliasOf")]
-        alias_of: String,
-        #[serde(rename = "graceUntil")]
-        grace_until: Timestamp,
-    },
-}
-
-/// The `ids` table entry: where a token's record lives.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct IdEntry {
-    /// Current hash (hex).
-    hash: String,
-    /// Rotated-out hashes still (possibly) in their grace period.
-    #[serde(default)]
-    graced: Vec<Graced>,
-}
-
-/// One rotated-out hash and the end of its grace period.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Graced {
-    hash: String,
-    until: Timestamp,
-}
 
 /// The embedded (redb) token store.
 pub struct EmbeddedStore {
@@ -106,26 +73,6 @@ impl std::fmt::Debug for EmbeddedStore {
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {e}"))
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(corrupt)
-}
-
-fn hash_of(hex: &str) -> Result<TokenHash, StoreError> {
-    TokenHash::from_hex(hex).ok_or_else(|| StoreError::Corrupt(format!("bad hash {hex:?}")))
-}
-
-/// `now + d`, saturating at the end of time.
-fn after(now: Timestamp, d: Duration) -> Timestamp {
-    SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| now.checked_add(d).ok())
-        .unwrap_or(Timestamp::MAX)
 }
 
 /// Reads and decodes a `tokens` entry.

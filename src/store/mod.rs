@@ -8,6 +8,7 @@
 //! leaves nothing half-written. Store calls happen only on cache misses and in
 //! management operations — never on the cached request path.
 
+mod entry;
 mod record;
 
 pub use record::{

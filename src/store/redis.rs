@@ -46,14 +46,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
+
+use super::entry::{Graced, IdEntry, TokEntry, after, corrupt, hash_of, to_json};
 use futures_util::StreamExt;
 use futures_util::future::try_join_all;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisFuture, Script, Value};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 
@@ -109,40 +110,6 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 ";
-
-/// What a `tok` key holds.
-// Short-lived decode target; boxing the record would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-enum TokEntry {
-    /// The current secret of a token.
-    Current { record: TokenRecord },
-    /// A rotated-out secret, valid until `grace_until`.
-    Alias {
-        #[serde(rename = "aliasOf")]
-        alias_of: String,
-        #[serde(rename = "graceUntil")]
-        grace_until: Timestamp,
-    },
-}
-
-/// What an `id` key holds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct IdEntry {
-    /// Current hash (hex).
-    hash: String,
-    /// Rotated-out hashes (possibly) still in their grace period.
-    #[serde(default)]
-    graced: Vec<Graced>,
-}
-
-/// One rotated-out hash and the end of its grace period.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Graced {
-    hash: String,
-    until: Timestamp,
-}
 
 /// One connection kind; both multiplex and reconnect by themselves.
 #[derive(Clone)]
@@ -229,26 +196,6 @@ fn redis_err(e: RedisError) -> StoreError {
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
         _ => StoreError::Unavailable(format!("redis: {e}")),
     }
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(corrupt)
-}
-
-fn hash_of(hex: &str) -> Result<TokenHash, StoreError> {
-    TokenHash::from_hex(hex).ok_or_else(|| StoreError::Corrupt(format!("bad hash {hex:?}")))
-}
-
-/// `now + d`, saturating at the end of time.
-fn after(now: Timestamp, d: Duration) -> Timestamp {
-    SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| now.checked_add(d).ok())
-        .unwrap_or(Timestamp::MAX)
 }
 
 /// Milliseconds from `now` until `t` (at least 1, so a PX is always valid; the clamp
