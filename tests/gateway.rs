@@ -631,6 +631,37 @@ async fn redis_outage_cached_tokens_work_uncached_get_503_then_recovery() {
     }
     e.expect_error("/api/x", Some(&unknown), 401, "Invalid PAT")
         .await;
+
+    // Usage counted while Redis was down was kept and flushed after it returned: 7
+    // accepted requests of `cached` (a flush that timed out against the frozen Redis
+    // may have been applied late as well, so at least 7).
+    let (_, list) = e.admin.call(reqwest::Method::GET, "/v1/tokens", None).await;
+    let cached_id = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["prefix"] == cached[..12])
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .expect("cached token listed");
+    let start = Instant::now();
+    loop {
+        let (_, r) = e
+            .admin
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/tokens/{cached_id}"),
+                None,
+            )
+            .await;
+        if r["usageCount"].as_u64().unwrap_or(0) >= 7 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "usage lost across the outage: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
