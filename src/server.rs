@@ -397,3 +397,29 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_idle_only_with_nothing_in_flight_for_the_whole_timeout() {
+        let idle = Duration::from_millis(300);
+        let a = Arc::new(Activity::new());
+        assert!(!a.is_idle(idle), "just opened");
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(a.is_idle(idle), "nothing received");
+        let req = InFlight::begin(a.clone());
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(!a.is_idle(idle), "a request is in flight");
+        drop(req);
+        assert!(
+            !a.is_idle(idle),
+            "the timeout restarts when a response ends"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(a.is_idle(idle));
+        a.touch();
+        assert!(!a.is_idle(idle), "bytes received");
+    }
+}

@@ -299,3 +299,87 @@ fn idempotent(m: &Method) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(max_fails: u32, fail_timeout: Duration) -> UpstreamPool {
+        UpstreamPool::new(
+            Upstream {
+                name: "pair".into(),
+                urls: vec![
+                    Uri::from_static("http://10.0.0.1:80"),
+                    Uri::from_static("http://10.0.0.2:80"),
+                ],
+                connect_timeout: Duration::from_secs(1),
+                response_timeout: Duration::from_secs(1),
+                max_fails,
+                fail_timeout,
+            },
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn round_robin_skips_an_address_after_max_fails_in_a_row() {
+        let p = pool(3, Duration::from_secs(60));
+        let picks: Vec<_> = (0..4).filter_map(|_| p.pick()).collect();
+        assert_eq!(picks, [0, 1, 0, 1]);
+        p.record_connect_failure(0);
+        p.record_connect_failure(0);
+        p.record_success(0); // the count is of failures in a row
+        p.record_connect_failure(0);
+        p.record_connect_failure(0);
+        assert!((0..4).filter_map(|_| p.pick()).any(|i| i == 0));
+        p.record_connect_failure(0);
+        assert!((0..6).filter_map(|_| p.pick()).all(|i| i == 1));
+        assert_eq!(p.pick_after(1), None, "no other live address");
+        assert_eq!(p.pick_after(0), Some(1));
+    }
+
+    #[test]
+    fn after_the_cool_down_one_more_failure_skips_the_address_again() {
+        let p = pool(3, Duration::from_millis(300));
+        for _ in 0..3 {
+            p.record_connect_failure(0);
+        }
+        assert!(!p.is_up(0, p.now_ms()));
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(p.is_up(0, p.now_ms()), "let through after the cool-down");
+        p.record_connect_failure(0);
+        assert!(
+            !p.is_up(0, p.now_ms()),
+            "on probation: one failure is enough"
+        );
+        std::thread::sleep(Duration::from_millis(350));
+        p.record_success(0);
+        p.record_connect_failure(0);
+        assert!(p.is_up(0, p.now_ms()), "a success clears the count");
+    }
+
+    #[test]
+    fn when_every_address_is_skipped_all_are_tried() {
+        let p = pool(1, Duration::from_secs(60));
+        p.record_connect_failure(0);
+        p.record_connect_failure(1);
+        let picks: Vec<_> = (0..4).filter_map(|_| p.pick()).collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_retried() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!idempotent(&m), "{m}");
+        }
+    }
+}
