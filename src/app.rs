@@ -2,7 +2,6 @@
 //! graceful shutdown (stop accepting, drain, flush usage, exit).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,12 +52,19 @@ pub struct App {
     pub usage: Arc<UsageRecorder>,
     /// TLS for the data plane, when configured.
     pub tls: Option<Arc<TlsReloader>>,
+    /// Applies the config file again (SIGHUP, `POST /v1/reload`).
+    pub reloader: Arc<Reloader>,
 }
 
 impl App {
-    /// Builds the app on an already opened store; fails only when the configured TLS
-    /// files are unusable.
-    pub fn with_store(settings: Arc<Settings>, store: Arc<dyn TokenStore>) -> anyhow::Result<Self> {
+    /// Builds the app on an already opened store; `config_path` is the file reloads
+    /// read (`None` for `patgate dev`). Fails only when the configured TLS files are
+    /// unusable.
+    pub fn with_store(
+        settings: Arc<Settings>,
+        store: Arc<dyn TokenStore>,
+        config_path: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let tls = match &settings.tls {
             Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
             None => None,
@@ -67,9 +73,16 @@ impl App {
         let usage = Arc::new(UsageRecorder::new());
         let lifecycle = Lifecycle::new(store.clone(), cache.clone(), settings.tokens.clone());
         let gateway = Arc::new(Gateway::new(settings.clone(), cache.clone(), usage.clone()));
+        let reloader = Arc::new(Reloader::new(
+            config_path,
+            gateway.clone(),
+            settings.clone(),
+            tls.clone(),
+        ));
         let admin = Arc::new(Admin::new(
             lifecycle.clone(),
             settings.admin.api_keys.clone(),
+            reloader.clone(),
         ));
         Ok(App {
             settings,
@@ -80,13 +93,14 @@ impl App {
             admin,
             usage,
             tls,
+            reloader,
         })
     }
 
-    /// Opens the store and builds the app.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// Opens the store and builds the app (`config_path`: see [`App::with_store`]).
+    pub async fn build(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Result<Self> {
         let store = open_store(&settings.store).await?;
-        Self::with_store(Arc::new(settings), store)
+        Self::with_store(Arc::new(settings), store, config_path)
     }
 
     fn serve_options(&self) -> ServeOptions {
@@ -96,6 +110,7 @@ impl App {
             max_header_bytes: s.limits.max_header_bytes,
             max_connections: s.limits.max_connections,
             shutdown_grace: s.timeouts.shutdown_grace,
+            idle_timeout: s.timeouts.idle,
         }
     }
 
@@ -163,12 +178,10 @@ pub async fn serve(settings: Settings, config_path: Option<PathBuf>) -> anyhow::
     }
     let data = server::bind(settings.listen).await?;
     let admin = server::bind(settings.admin.listen).await?;
-    let app = App::build(settings).await?;
+    let app = App::build(settings, config_path).await?;
     log_listening(&data, &admin);
-    let gateway = app.gateway.clone();
-    let initial = app.settings.clone();
-    if let Some(path) = config_path {
-        tokio::spawn(reload_on_sighup(path, gateway, initial, app.tls.clone()));
+    if app.reloader.path().is_some() {
+        tokio::spawn(reload_on_sighup(app.reloader.clone()));
     }
     app.run(data, admin, shutdown_signal()).await;
     Ok(())
@@ -184,58 +197,141 @@ pub fn log_listening(data: &TcpListener, admin: &TcpListener) {
     tracing::info!(data.addr = %d, admin.addr = %a, "listening");
 }
 
-async fn reload_on_sighup(
-    path: PathBuf,
-    gateway: Arc<Gateway>,
-    initial: Arc<Settings>,
-    tls: Option<Arc<TlsReloader>>,
-) {
+async fn reload_on_sighup(reloader: Arc<Reloader>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
-    let listen: SocketAddr = initial.listen;
-    let admin_listen: SocketAddr = initial.admin.listen;
     while hup.recv().await.is_some() {
-        match crate::config::load(&path) {
-            Ok(mut new) => {
-                if new.listen != listen || new.admin.listen != admin_listen {
-                    tracing::warn!("listener addresses changed: restart patgate to apply them");
+        // The outcome is logged and counted by `reload` itself.
+        let _ = reloader.reload();
+    }
+}
+
+/// Why a reload was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The process was not started from a config file (`patgate dev`).
+    #[error("No config file to reload")]
+    NoConfigFile,
+    /// The new file is invalid (or its TLS files are unusable); the running
+    /// configuration is kept. One `config error: <path>: <reason>` line per problem.
+    #[error("config rejected")]
+    Rejected(Vec<String>),
+}
+
+/// Re-reads the config file the process was started with and applies it to the
+/// running gateway: the one reload path, used by SIGHUP and `POST /v1/reload`.
+///
+/// Applied: routes, upstreams, rate limits, identity headers, timeouts of new
+/// upstream requests, logging flags, and the TLS certificate. Kept until a restart
+/// (with a warning): listener addresses, store, token format and admin keys.
+/// In-flight requests finish on the generation they started with.
+pub struct Reloader {
+    path: Option<PathBuf>,
+    gateway: Arc<Gateway>,
+    /// The settings the process started with: what a restart-only change is
+    /// compared against.
+    initial: Arc<Settings>,
+    tls: Option<Arc<TlsReloader>>,
+    /// Serialises reloads (a SIGHUP and an API call at once apply one after the other).
+    lock: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Reloader {
+    /// A reloader for `gateway`, reading `path` (`None`: nothing to reload).
+    pub fn new(
+        path: Option<PathBuf>,
+        gateway: Arc<Gateway>,
+        initial: Arc<Settings>,
+        tls: Option<Arc<TlsReloader>>,
+    ) -> Self {
+        Reloader {
+            path,
+            gateway,
+            initial,
+            tls,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The config file reloads read, if any.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    /// Reads, validates and applies the config file; returns the warnings (changes
+    /// that need a restart). Logs the outcome and counts it in
+    /// `patgate_config_reloads_total{result}`. Blocking file I/O (small files).
+    pub fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        let Some(path) = &self.path else {
+            return Err(ReloadError::NoConfigFile);
+        };
+        // A panic while holding the lock cannot leave `()` inconsistent.
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.apply(path);
+        let label = if result.is_ok() { "ok" } else { "rejected" };
+        metrics()
+            .config_reloads
+            .get_or_create(&ResultLabels { result: label })
+            .inc();
+        match &result {
+            Ok(warnings) => {
+                for w in warnings {
+                    tracing::warn!(config = %path.display(), "{w}");
                 }
-                if new.tokens != initial.tokens
-                    || new.store != initial.store
-                    || new.admin.api_keys != initial.admin.api_keys
-                {
-                    tracing::warn!(
-                        "tokens, store and admin key changes need a restart; keeping the running ones"
-                    );
-                    new.tokens = initial.tokens.clone();
-                }
-                if let Some(tls) = &tls {
-                    match tls.reload(new.tls.as_ref()) {
-                        Ok(()) => tracing::info!("TLS certificate reloaded"),
-                        Err(e) => {
-                            tracing::error!(error = %e, "TLS reload failed; keeping the running certificate")
-                        }
-                    }
-                }
-                gateway.reload(Arc::new(new));
-                metrics()
-                    .config_reloads
-                    .get_or_create(&ResultLabels { result: "ok" })
-                    .inc();
                 tracing::info!(config = %path.display(), "configuration reloaded");
             }
-            Err(errors) => {
-                metrics()
-                    .config_reloads
-                    .get_or_create(&ResultLabels { result: "rejected" })
-                    .inc();
-                for e in &errors.0 {
-                    tracing::error!(problem = %e, "reload rejected; keeping the running configuration");
+            Err(ReloadError::Rejected(problems)) => {
+                for p in problems {
+                    tracing::error!(problem = %p, "reload rejected; keeping the running configuration");
                 }
             }
+            Err(ReloadError::NoConfigFile) => {}
         }
+        result
+    }
+
+    fn apply(&self, path: &std::path::Path) -> Result<Vec<String>, ReloadError> {
+        let initial = &self.initial;
+        let mut new = crate::config::load(path).map_err(|errors| {
+            ReloadError::Rejected(errors.0.iter().map(|e| e.to_string()).collect())
+        })?;
+        let mut warnings = Vec::new();
+        if new.listen != initial.listen || new.admin.listen != initial.admin.listen {
+            warnings.push("listener addresses changed: restart patgate to apply them".to_string());
+        }
+        if new.tokens != initial.tokens
+            || new.store != initial.store
+            || new.admin.api_keys != initial.admin.api_keys
+        {
+            warnings.push(
+                "tokens, store and admin key changes need a restart; keeping the running ones"
+                    .to_string(),
+            );
+            new.tokens = initial.tokens.clone();
+        }
+        if new.tls.is_some() != initial.tls.is_some() {
+            warnings.push("turning TLS on or off needs a restart".to_string());
+        }
+        if let Some(tls) = &self.tls {
+            if let Err(e) = tls.reload(new.tls.as_ref()) {
+                tracing::error!(error = %e, "TLS reload failed; keeping the running certificate");
+                return Err(ReloadError::Rejected(vec![format!(
+                    "config error: tls: {e:#}"
+                )]));
+            }
+        }
+        self.gateway.reload(Arc::new(new));
+        Ok(warnings)
     }
 }
 

@@ -129,7 +129,7 @@ routes:
     let admin = server::bind(settings.admin.listen).await?;
     let data_addr = data.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let app = App::build(settings).await?;
+    let app = App::build(settings, None).await?;
     let (token, record) = app
         .lifecycle
         .create(

@@ -47,6 +47,8 @@ const MAX_BODY: usize = 1 << 20;
 pub struct Admin {
     lifecycle: Lifecycle,
     keys: Vec<AdminKey>,
+    /// Applies the config file again (`POST /v1/reload`).
+    reloader: Arc<crate::app::Reloader>,
     /// Whether the store has answered a readiness check since start.
     store_seen: std::sync::atomic::AtomicBool,
 }
@@ -184,11 +186,17 @@ fn audit_query(pairs: &[(String, String)]) -> Result<AuditQuery, LifecycleError>
 }
 
 impl Admin {
-    /// The admin API over `lifecycle`, accepting `keys`.
-    pub fn new(lifecycle: Lifecycle, keys: Vec<AdminKey>) -> Self {
+    /// The admin API over `lifecycle`, accepting `keys`; `reloader` serves
+    /// `POST /v1/reload`.
+    pub fn new(
+        lifecycle: Lifecycle,
+        keys: Vec<AdminKey>,
+        reloader: Arc<crate::app::Reloader>,
+    ) -> Self {
         Admin {
             lifecycle,
             keys,
+            reloader,
             store_seen: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -450,6 +458,11 @@ impl Admin {
                     .map_err(forbidden)?;
                 self.set_owner_disabled(p.get("ownerId"), false, by).await
             }
+            ApiOp::ReloadConfig => {
+                who.require_admin_key("Reloading the configuration")
+                    .map_err(forbidden)?;
+                self.reload(by).await
+            }
             ApiOp::ListAudit => {
                 who.require_admin_key("The audit trail")
                     .map_err(forbidden)?;
@@ -467,6 +480,37 @@ impl Admin {
                 )
             }
         }
+    }
+
+    /// `POST /v1/reload`: the same reload as SIGHUP, answered and audited.
+    async fn reload(&self, by: &Caller) -> Reply {
+        use crate::app::ReloadError;
+        let reloader = self.reloader.clone();
+        // Reading and parsing the files is blocking I/O: keep it off the reactor.
+        let result = tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("reload task failed: {e}")))?;
+        let (status, body, outcome) = match result {
+            Ok(warnings) => (
+                StatusCode::OK,
+                serde_json::json!({"reloaded": true, "warnings": warnings}),
+                "ok",
+            ),
+            Err(e @ ReloadError::NoConfigFile) => (
+                StatusCode::CONFLICT,
+                serde_json::json!({"error": e.to_string()}),
+                "rejected",
+            ),
+            Err(ReloadError::Rejected(problems)) => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "config rejected", "problems": problems}),
+                "rejected",
+            ),
+        };
+        self.lifecycle
+            .audit(by, "config.reload", None, None, outcome, body.clone())
+            .await;
+        ok_json(status, &body)
     }
 
     async fn set_active(&self, id: &str, active: bool, by: &Caller) -> Reply {

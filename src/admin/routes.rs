@@ -14,7 +14,7 @@
 //! (after caller authentication for `/v1` paths, so unauthenticated callers learn no
 //! more than a 401). A path that matches no template is `404`.
 //!
-//! Cost: matching walks the table (16 entries) comparing segments; it allocates only
+//! Cost: matching walks the table (18 entries) comparing segments; it allocates only
 //! for the segment list and the decoded captures.
 
 /// What a route does, split by whether the caller must authenticate: the type system
@@ -69,6 +69,8 @@ pub enum ApiOp {
     EnableOwner,
     /// `GET /v1/audit`.
     ListAudit,
+    /// `POST /v1/reload`: re-read and apply the config file (admin key only).
+    ReloadConfig,
 }
 
 impl Op {
@@ -92,6 +94,7 @@ impl Op {
             Op::Api(ApiOp::DisableOwner) => "disableOwner",
             Op::Api(ApiOp::EnableOwner) => "enableOwner",
             Op::Api(ApiOp::ListAudit) => "listAudit",
+            Op::Api(ApiOp::ReloadConfig) => "reloadConfig",
         }
     }
 
@@ -160,6 +163,7 @@ pub const ROUTES: &[RouteDef] = &[
         Op::Api(ApiOp::EnableOwner),
     ),
     route("GET", "/v1/audit", Op::Api(ApiOp::ListAudit)),
+    route("POST", "/v1/reload", Op::Api(ApiOp::ReloadConfig)),
 ];
 
 /// Path captures of a matched route, by template name.
@@ -361,7 +365,7 @@ mod tests {
             let wanted = match r.op {
                 Op::Public(_)
                 | Op::Api(ApiOp::CreateToken | ApiOp::ListTokens | ApiOp::ImportToken)
-                | Op::Api(ApiOp::ListAudit) => None,
+                | Op::Api(ApiOp::ListAudit | ApiOp::ReloadConfig) => None,
                 Op::Api(
                     ApiOp::GetToken
                     | ApiOp::UpdateToken

@@ -240,6 +240,10 @@ pub(crate) struct RawUpstream {
     pub connect_timeout_ms: Option<u64>,
     #[serde(deserialize_with = "opt_num")]
     pub response_timeout_ms: Option<u64>,
+    #[serde(deserialize_with = "opt_num")]
+    pub max_fails: Option<u32>,
+    #[serde(deserialize_with = "opt_num")]
+    pub fail_timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -272,6 +272,10 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Time allowed until the response head arrives.
     pub response_timeout: Duration,
+    /// Consecutive connect failures after which an address is skipped (default 3).
+    pub max_fails: u32,
+    /// How long an address that reached `max_fails` is skipped (default 10 s).
+    pub fail_timeout: Duration,
 }
 
 /// Timeouts.

@@ -955,6 +955,11 @@ fn logging(cx: &mut Ctx, r: raw::RawLogging) -> LoggingSettings {
     }
 }
 
+/// Consecutive connect failures before an upstream address is skipped.
+const DEFAULT_MAX_FAILS: u32 = 3;
+/// How long a failing upstream address is skipped, in seconds.
+const DEFAULT_FAIL_TIMEOUT_SECS: u64 = 10;
+
 /// Named upstreams; `None` marks an entry that failed (its errors are recorded).
 type UpstreamSlots = BTreeMap<String, Option<Arc<Upstream>>>;
 
@@ -1016,6 +1021,19 @@ fn upstreams(
             u.response_timeout_ms,
             t.upstream_response,
         );
+        let max_fails = positive_u32(
+            cx,
+            &format!("{base}.max_fails"),
+            u.max_fails,
+            DEFAULT_MAX_FAILS,
+        );
+        let fail_timeout = secs(
+            cx,
+            &format!("{base}.fail_timeout_seconds"),
+            u.fail_timeout_seconds,
+            DEFAULT_FAIL_TIMEOUT_SECS,
+            1,
+        );
         let ok = cx.errs.len() == before;
         out.insert(
             name.clone(),
@@ -1025,6 +1043,8 @@ fn upstreams(
                     urls,
                     connect_timeout,
                     response_timeout,
+                    max_fails,
+                    fail_timeout,
                 })
             }),
         );
@@ -1197,6 +1217,8 @@ fn route_upstream(
             urls: vec![uri],
             connect_timeout: t.upstream_connect,
             response_timeout: t.upstream_response,
+            max_fails: DEFAULT_MAX_FAILS,
+            fail_timeout: Duration::from_secs(DEFAULT_FAIL_TIMEOUT_SECS),
         });
         if !route_name.is_empty() {
             upstreams.insert(route_name.to_owned(), Some(up.clone()));
@@ -1545,6 +1567,47 @@ routes:
         assert_eq!(s.routes[1].host.as_deref(), Some("api.example.com"));
         assert!(s.routes[1].strip_prefix);
         assert_eq!(s.upstreams.len(), 1);
+    }
+
+    #[test]
+    fn upstream_passive_health_settings_default_and_are_checked() {
+        let s = ok(r#"
+upstreams:
+  tuned: {urls: [http://10.0.0.1:8000, http://10.0.0.2:8000], max_fails: 5, fail_timeout_seconds: "30"}
+  plain: {url: http://10.0.0.3:8000}
+routes:
+  - {name: a, path_prefix: /a, upstream: tuned}
+  - {name: b, path_prefix: /b, upstream: plain}
+  - {name: c, path_prefix: /c, upstream: http://10.0.0.4:8000}
+"#);
+        assert_eq!(s.upstreams["tuned"].max_fails, 5);
+        assert_eq!(s.upstreams["tuned"].fail_timeout, Duration::from_secs(30));
+        for name in ["plain", "c"] {
+            assert_eq!(s.upstreams[name].max_fails, 3, "{name}");
+            assert_eq!(
+                s.upstreams[name].fail_timeout,
+                Duration::from_secs(10),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            errs(
+                r#"
+upstreams:
+  app: {url: http://10.0.0.1:8000, max_fails: 0, fail_timeout_seconds: 0}
+routes:
+  - {name: a, path_prefix: /a, upstream: app}
+"#
+            ),
+            vec![
+                "upstreams.app.max_fails: must be at least 1",
+                "upstreams.app.fail_timeout_seconds: must be at least 1",
+            ]
+        );
+        assert_eq!(
+            paths("upstreams:\n  app: {url: http://10.0.0.1:8000, max_fails: -1}\n"),
+            vec!["upstreams.app.max_fails"]
+        );
     }
 
     #[test]

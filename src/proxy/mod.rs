@@ -344,10 +344,8 @@ impl Gateway {
         } else {
             norm.clone()
         };
-        let target = match entry.pool.target(&fwd_path, parts.uri.query()) {
-            Ok(t) => t,
-            Err(e) => return Err((e, route_name, identity)),
-        };
+        // Cheap (reference-counted) copy: the query is re-read for each attempt.
+        let client_uri = parts.uri.clone();
         let limit = route.max_body_bytes;
         if let Some(len) = parts
             .headers
@@ -358,15 +356,18 @@ impl Gateway {
         {
             return Err((GatewayError::BodyTooLarge, route_name, identity));
         }
+        // No body (Content-Length 0 or absent, not chunked): safe to send twice.
+        let bodiless = hyper::body::Body::is_end_stream(&incoming);
         let tripped = Arc::new(AtomicBool::new(false));
         let body = body::boxed(body::Limited::new(incoming, limit, tripped.clone()));
-        parts.uri = target;
         parts.version = http::Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, body);
 
         // forward
         let sent = Instant::now();
-        let result = entry.pool.send(upstream_req).await;
+        let result = entry
+            .pool
+            .forward(&fwd_path, client_uri.query(), parts, body, bodiless)
+            .await;
         metrics()
             .upstream_seconds
             .get_or_create(&RouteLabels {
