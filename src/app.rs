@@ -322,13 +322,13 @@ impl Reloader {
         if new.tls.is_some() != initial.tls.is_some() {
             warnings.push("turning TLS on or off needs a restart".to_string());
         }
-        if let Some(tls) = &self.tls {
-            if let Err(e) = tls.reload(new.tls.as_ref()) {
-                tracing::error!(error = %e, "TLS reload failed; keeping the running certificate");
-                return Err(ReloadError::Rejected(vec![format!(
-                    "config error: tls: {e:#}"
-                )]));
-            }
+        if let Some(tls) = &self.tls
+            && let Err(e) = tls.reload(new.tls.as_ref())
+        {
+            tracing::error!(error = %e, "TLS reload failed; keeping the running certificate");
+            return Err(ReloadError::Rejected(vec![format!(
+                "config error: tls: {e:#}"
+            )]));
         }
         self.gateway.reload(Arc::new(new));
         Ok(warnings)

@@ -77,6 +77,10 @@ pub struct Metrics {
     pub usage_flushed: Counter,
     /// Usage flushes that failed (kept and retried).
     pub usage_flush_errors: Counter,
+    /// Unix time of the last successful usage flush (lag = now - this).
+    pub usage_last_flush: Gauge,
+    /// Invalidation subscriptions re-established after a loss.
+    pub pubsub_reconnects: Counter,
 }
 
 fn latency() -> Histogram {
@@ -104,6 +108,8 @@ impl Metrics {
             config_reloads: Family::default(),
             usage_flushed: Counter::default(),
             usage_flush_errors: Counter::default(),
+            usage_last_flush: Gauge::default(),
+            pubsub_reconnects: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -173,6 +179,16 @@ impl Metrics {
             "usage_flush_errors",
             "Usage flushes that failed and will be retried",
             m.usage_flush_errors.clone(),
+        );
+        registry.register(
+            "usage_last_flush_timestamp_seconds",
+            "Unix time of the last successful usage flush (flush lag = time() - this)",
+            m.usage_last_flush.clone(),
+        );
+        registry.register(
+            "pubsub_reconnects",
+            "Invalidation subscriptions re-established after a loss (caches cleared)",
+            m.pubsub_reconnects.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -73,12 +73,18 @@ impl UsageRecorder {
     pub async fn flush(&self, store: &dyn TokenStore) -> Result<usize, crate::store::StoreError> {
         let batch = self.take();
         if batch.is_empty() {
+            crate::metrics::metrics()
+                .usage_last_flush
+                .set(jiff::Timestamp::now().as_second());
             return Ok(0);
         }
         let n = batch.len();
         match store.record_usage(&batch).await {
             Ok(()) => {
                 crate::metrics::metrics().usage_flushed.inc_by(n as u64);
+                crate::metrics::metrics()
+                    .usage_last_flush
+                    .set(jiff::Timestamp::now().as_second());
                 Ok(n)
             }
             Err(e) => {

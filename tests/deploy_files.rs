@@ -193,10 +193,10 @@ fn dockerfile() -> Vec<Stage> {
             });
         } else if let Some(stage) = stages.last_mut() {
             stage.instrs.push(Instr { kw, args });
-        } else if kw == "ARG" {
-            if let Some((k, v)) = args.split_once('=') {
-                global_args.insert(k.trim().to_owned(), v.trim().to_owned());
-            }
+        } else if kw == "ARG"
+            && let Some((k, v)) = args.split_once('=')
+        {
+            global_args.insert(k.trim().to_owned(), v.trim().to_owned());
         }
     }
     stages
@@ -975,4 +975,47 @@ fn env_refs_finds_required_and_defaulted_variables() {
     assert_eq!(refs.get("A"), Some(&false), "required somewhere = required");
     assert_eq!(refs.get("B"), Some(&true));
     assert!(!refs.contains_key("C"), "$${{ is a literal");
+}
+
+#[test]
+fn docker_compose_runs_the_gateway_with_redis_and_a_valid_config() {
+    let compose: Value =
+        serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml parses");
+    let services = compose["services"].as_mapping().expect("services");
+    for name in ["patgate", "redis", "upstream"] {
+        assert!(services.contains_key(name), "service {name} missing");
+    }
+    let gw = &compose["services"]["patgate"];
+    assert_eq!(
+        gw["build"].as_str(),
+        Some("."),
+        "the gateway is built from this repo's Dockerfile"
+    );
+    let mount = seq(gw, &["volumes"])
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|v| v.ends_with("/etc/patgate/patgate.yaml:ro"))
+        .expect("config mounted read-only");
+    let host_file = mount.split(':').next().unwrap().trim_start_matches("./");
+    let config = read(host_file);
+    let mut env = BTreeMap::new();
+    for (k, v) in gw["environment"].as_mapping().expect("environment") {
+        env.insert(
+            k.as_str().unwrap().to_owned(),
+            Some(v.as_str().unwrap().to_owned()),
+        );
+    }
+    for (var, _) in env_refs(&config) {
+        env.entry(var).or_insert(None);
+    }
+    let (ok, out) = check_config(&config, &env);
+    assert!(ok, "{host_file} with the compose environment: {out}");
+    let ports: Vec<&str> = seq(gw, &["ports"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        ports.contains(&"127.0.0.1:9091:9091"),
+        "admin port only on the host's loopback: {ports:?}"
+    );
 }

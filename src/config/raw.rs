@@ -286,6 +286,7 @@ pub(crate) struct RawLogging {
     pub level: Option<String>,
     #[serde(deserialize_with = "opt_bool")]
     pub access_log: Option<bool>,
+    pub access_log_sample_rate: Option<f64>,
 }
 
 /// `Some(v)` whenever the key is present, even as `null` (`Some(None)`); with

@@ -314,7 +314,7 @@ pub enum LogFormat {
 }
 
 /// Logging.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoggingSettings {
     /// Format (default json).
     pub format: LogFormat,
@@ -322,4 +322,7 @@ pub struct LoggingSettings {
     pub level: String,
     /// One line per request (default true).
     pub access_log: bool,
+    /// Fraction of *allowed* requests that get an access-log line (default 1.0);
+    /// denials and errors are always logged. Applied as "one in round(1/rate)".
+    pub access_log_sample_rate: f64,
 }

@@ -150,19 +150,19 @@ fn refine_serde_message(path: String, msg: String) -> (String, String) {
         ("unknown field `", "unknown field"),
         ("missing field `", "is required"),
     ] {
-        if let Some(rest) = msg.strip_prefix(lead) {
-            if let Some((field, tail)) = rest.split_once('`') {
-                let tail = tail.trim_start_matches(',').trim();
-                let reason = if tail.is_empty() {
-                    reason.to_owned()
-                } else {
-                    format!("{reason}; {tail}")
-                };
-                // serde_path_to_error already ends the path with an unknown key.
-                let already = path == field || path.ends_with(&format!(".{field}"));
-                let path = if already { path } else { join(&path, field) };
-                return (path, reason);
-            }
+        if let Some(rest) = msg.strip_prefix(lead)
+            && let Some((field, tail)) = rest.split_once('`')
+        {
+            let tail = tail.trim_start_matches(',').trim();
+            let reason = if tail.is_empty() {
+                reason.to_owned()
+            } else {
+                format!("{reason}; {tail}")
+            };
+            // serde_path_to_error already ends the path with an unknown key.
+            let already = path == field || path.ends_with(&format!(".{field}"));
+            let path = if already { path } else { join(&path, field) };
+            return (path, reason);
         }
     }
     (path, msg)
@@ -614,13 +614,13 @@ fn admin(cx: &mut Ctx, raw: raw::RawAdmin, env: EnvLookup<'_>, data: SocketAddr)
                 format!("duplicate admin key name `{}` (also {first})", k.name),
             );
         }
-        if k.sha256 != [0; 32] {
-            if let Some(first) = hashes.insert(k.sha256, path.clone()) {
-                cx.err(
-                    path.clone(),
-                    format!("duplicate admin key sha256 (also {first})"),
-                );
-            }
+        if k.sha256 != [0; 32]
+            && let Some(first) = hashes.insert(k.sha256, path.clone())
+        {
+            cx.err(
+                path.clone(),
+                format!("duplicate admin key sha256 (also {first})"),
+            );
         }
     }
     AdminSettings {
@@ -952,6 +952,17 @@ fn logging(cx: &mut Ctx, r: raw::RawLogging) -> LoggingSettings {
         },
         level,
         access_log: r.access_log.unwrap_or(true),
+        access_log_sample_rate: match r.access_log_sample_rate {
+            None => 1.0,
+            Some(v) if (0.0..=1.0).contains(&v) => v,
+            Some(v) => {
+                cx.err(
+                    "logging.access_log_sample_rate",
+                    format!("{v} must be between 0 and 1"),
+                );
+                1.0
+            }
+        },
     }
 }
 
@@ -1483,7 +1494,8 @@ logging:
                 LoggingSettings {
                     format: LogFormat::Json,
                     level: "info".into(),
-                    access_log: true
+                    access_log: true,
+                    access_log_sample_rate: 1.0,
                 }
             );
         }
@@ -1816,6 +1828,10 @@ whoami_path: /$${literal}
     fn semantic_errors_carry_their_field_path() {
         let cases: &[(&str, &str)] = &[
             ("listen: localhost:80\n", "listen"),
+            (
+                "logging: {access_log_sample_rate: 1.5}\n",
+                "logging.access_log_sample_rate",
+            ),
             ("admin: {listen: nope}\n", "admin.listen"),
             (
                 "listen: 127.0.0.1:1\nadmin: {listen: 127.0.0.1:1}\n",

@@ -196,7 +196,9 @@ impl Gateway {
                 outcome,
             })
             .inc();
-        if settings.logging.access_log {
+        if settings.logging.access_log
+            && sampled(deny.is_none(), settings.logging.access_log_sample_rate)
+        {
             access_log(
                 &method,
                 client_ip,
@@ -474,6 +476,21 @@ fn whoami(identity: &Identity) -> Response<Body> {
     resp
 }
 
+/// Whether this request gets an access-log line: always for denials and errors,
+/// one in `round(1 / rate)` of the allowed ones (a shared counter, no randomness).
+fn sampled(allowed: bool, rate: f64) -> bool {
+    use std::sync::atomic::AtomicU64;
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    if !allowed || rate >= 1.0 {
+        return true;
+    }
+    if rate <= 0.0 {
+        return false;
+    }
+    let every = (1.0 / rate).round().max(1.0) as u64;
+    SEEN.fetch_add(1, Ordering::Relaxed).is_multiple_of(every)
+}
+
 fn access_log(method: &Method, client_ip: IpAddr, started: Instant, o: Outcome<'_>) {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let (token_id, token_prefix) = o
@@ -492,4 +509,18 @@ fn access_log(method: &Method, client_ip: IpAddr, started: Instant, o: Outcome<'
         deny.reason = o.deny.unwrap_or(""),
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sampled;
+
+    #[test]
+    fn sampling_keeps_every_denial_and_one_in_n_allowed() {
+        assert!(sampled(false, 0.0), "denials are always logged");
+        assert!(!sampled(true, 0.0));
+        assert!(sampled(true, 1.0));
+        let kept = (0..1000).filter(|_| sampled(true, 0.1)).count();
+        assert_eq!(kept, 100);
+    }
 }

@@ -484,6 +484,7 @@ async fn pubsub_loop(
         ready.send_replace(true);
         if lost {
             tracing::info!("invalidation subscription re-established; clearing caches");
+            crate::metrics::metrics().pubsub_reconnects.inc();
             let _ = tx.send(Invalidation::All);
         }
         let mut ping = tokio::time::interval(PUBSUB_PING_EVERY);
