@@ -142,18 +142,20 @@ fn list_query(pairs: &[(String, String)]) -> Result<ListQuery, LifecycleError> {
                         .map_err(|_| bad("expiringWithinDays", "must be a non-negative integer"))?,
                 )
             }
-            "limit" => {
-                let n: usize = v.parse().map_err(|_| bad("limit", "must be 1-1000"))?;
-                if !(1..=1000).contains(&n) {
-                    return Err(bad("limit", "must be 1-1000"));
-                }
-                q.limit = n;
-            }
+            "limit" => q.limit = page_limit(v)?,
             "cursor" => q.cursor = Some(v.clone()),
             other => return Err(bad(other, "unknown query parameter")),
         }
     }
     Ok(q)
+}
+
+/// A `limit` query parameter: 1-1000.
+fn page_limit(v: &str) -> Result<usize, LifecycleError> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(bad("limit", "must be 1-1000")),
+    }
 }
 
 fn audit_query(pairs: &[(String, String)]) -> Result<AuditQuery, LifecycleError> {
@@ -171,13 +173,7 @@ fn audit_query(pairs: &[(String, String)]) -> Result<AuditQuery, LifecycleError>
                         .map_err(|_| bad("since", "must be an RFC 3339 timestamp"))?,
                 )
             }
-            "limit" => {
-                let n: usize = v.parse().map_err(|_| bad("limit", "must be 1-1000"))?;
-                if !(1..=1000).contains(&n) {
-                    return Err(bad("limit", "must be 1-1000"));
-                }
-                q.limit = n;
-            }
+            "limit" => q.limit = page_limit(v)?,
             "cursor" => q.cursor = Some(v.clone()),
             other => return Err(bad(other, "unknown query parameter")),
         }
