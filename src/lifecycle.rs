@@ -365,7 +365,15 @@ impl Lifecycle {
         }
     }
 
-    async fn invalidate_changed(&self, changed: &Changed) {
+    /// The tail of every change to one token: drop its cache entries (here and on
+    /// every replica), then record `action` in the audit trail.
+    async fn committed(
+        &self,
+        changed: &Changed,
+        by: &Caller,
+        action: &str,
+        details: serde_json::Value,
+    ) {
         self.invalidate(
             changed
                 .hashes
@@ -373,6 +381,15 @@ impl Lifecycle {
                 .copied()
                 .map(Invalidation::Hash)
                 .collect(),
+        )
+        .await;
+        self.audit(
+            by,
+            action,
+            Some(&changed.record.id),
+            Some(&changed.record.owner_id),
+            "success",
+            details,
         )
         .await;
     }
@@ -613,13 +630,10 @@ impl Lifecycle {
             Err(StoreError::Rejected(m)) => return Err(LifecycleError::Conflict(m)),
             Err(e) => return Err(e.into()),
         };
-        self.invalidate_changed(&changed).await;
-        self.audit(
+        self.committed(
+            &changed,
             by,
             action,
-            Some(id),
-            Some(&changed.record.owner_id),
-            "success",
             serde_json::json!({"fields": patch.fields()}),
         )
         .await;
@@ -641,16 +655,8 @@ impl Lifecycle {
             .update(id, &change)
             .await?
             .ok_or(LifecycleError::NotFound)?;
-        self.invalidate_changed(&changed).await;
-        self.audit(
-            by,
-            "token.revoke",
-            Some(id),
-            Some(&changed.record.owner_id),
-            "success",
-            serde_json::Value::Null,
-        )
-        .await;
+        self.committed(&changed, by, "token.revoke", serde_json::Value::Null)
+            .await;
         Ok(changed.record)
     }
 
@@ -681,17 +687,14 @@ impl Lifecycle {
             .rotate(id, &hash, &prefix, grace)
             .await?
             .ok_or(LifecycleError::NotFound)?;
-        self.invalidate_changed(&changed).await;
-        let record = changed.record;
-        self.audit(
+        self.committed(
+            &changed,
             by,
             "token.regenerate",
-            Some(id),
-            Some(&record.owner_id),
-            "success",
             serde_json::json!({"gracePeriodSeconds": grace.as_secs(), "prefix": prefix}),
         )
         .await;
+        let record = changed.record;
         Ok((raw, record))
     }
 
@@ -702,16 +705,8 @@ impl Lifecycle {
             .delete(id)
             .await?
             .ok_or(LifecycleError::NotFound)?;
-        self.invalidate_changed(&changed).await;
-        self.audit(
-            by,
-            "token.delete",
-            Some(id),
-            Some(&changed.record.owner_id),
-            "success",
-            serde_json::Value::Null,
-        )
-        .await;
+        self.committed(&changed, by, "token.delete", serde_json::Value::Null)
+            .await;
         Ok(changed.record)
     }
 

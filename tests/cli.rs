@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::gateway::{ADMIN_KEY, GatewayProcess, binary};
 use common::redis::RedisServer;
@@ -235,48 +233,13 @@ async fn token_subcommands_drive_the_admin_api() {
 
 #[tokio::test]
 async fn dev_mode_needs_no_redis_and_prints_a_working_token() {
-    let mut child = Command::new(binary())
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .env("PATH", "/nonexistent") // no redis-server reachable, on purpose
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let done = line.contains("Ctrl-C");
-            lines.push(line);
-            if done {
-                let _ = tx.send(lines.clone());
-            }
-        }
-    });
-    let lines = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("dev banner");
-    let word_after = |marker: &str| -> String {
-        lines
-            .iter()
-            .find_map(|l| {
-                l.split_once(marker)
-                    .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string())
-            })
-            .unwrap_or_else(|| panic!("no {marker} in {lines:?}"))
-    };
+    // PATH emptied: no redis-server is reachable, on purpose.
+    let dev = common::dev::DevProcess::start(true);
+    let word_after = |marker: &str| dev.word_after(marker);
     let token = word_after("export PAT=");
     let admin_key = word_after("export PATGATE_ADMIN_KEY=");
     let data = word_after("data plane:");
     let admin = word_after("admin API:");
-    common::secrets::register(&token);
     let http = reqwest::Client::new();
     let resp = http
         .get(format!("{data}/hello"))
@@ -302,6 +265,4 @@ async fn dev_mode_needs_no_redis_and_prints_a_working_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -388,47 +388,8 @@ async fn reloading_under_load_fails_no_request() {
 
 #[tokio::test]
 async fn dev_mode_has_no_config_file_to_reload() {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(common::gateway::binary())
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let done = line.contains("Ctrl-C");
-            lines.push(line);
-            if done {
-                let _ = tx.send(lines.clone());
-            }
-        }
-    });
-    let lines = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("dev banner");
-    let word_after = |marker: &str| -> String {
-        lines
-            .iter()
-            .find_map(|l| {
-                l.split_once(marker)
-                    .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string())
-            })
-            .unwrap_or_else(|| panic!("no {marker} in {lines:?}"))
-    };
-    common::secrets::register(&word_after("export PAT="));
+    let dev = common::dev::DevProcess::start(false);
+    let word_after = |marker: &str| dev.word_after(marker);
     let admin_key = word_after("export PATGATE_ADMIN_KEY=");
     let admin = word_after("admin API:");
     let resp = reqwest::Client::new()
@@ -439,8 +400,7 @@ async fn dev_mode_has_no_config_file_to_reload() {
         .unwrap();
     let status = resp.status().as_u16();
     let body: serde_json::Value = resp.json().await.unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(dev);
     assert_eq!(status, 409);
     assert_eq!(
         body,
