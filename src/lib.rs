@@ -23,6 +23,7 @@
 //! - [`app`]: wiring, signals, drain.
 //! - [`tls`]: TLS termination (rustls) with certificate reload.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics` on the admin listener).
+//! - [`clock`]: coarse clocks (an atomic load) for the request path.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod error;

@@ -1066,22 +1066,36 @@ fn every_manifest_matches_the_kubernetes_api_schema() {
     assert!(ok, "schema check failed:\n{out}");
     let checked = out.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(checked >= 10, "too few objects checked:\n{out}");
-    assert!(out.contains("Deployment patgate matches the apps/v1 schema"), "{out}");
+    assert!(
+        out.contains("Deployment patgate matches the apps/v1 schema"),
+        "{out}"
+    );
 
     // The check can fail: a misspelt field, a string where an integer belongs and a
     // missing required field in a copy of the gateway Deployment are each reported.
     let dir = tempfile::tempdir().unwrap();
     let original = read("deploy/gateway/deployment.yaml");
     let broken = [
-        ("readinessProbe:", "readinesProbe:", "unknown field of V1Container"),
+        (
+            "readinessProbe:",
+            "readinesProbe:",
+            "unknown field of V1Container",
+        ),
         ("replicas: 2", "replicas: \"2\"", "expected an integer"),
-        ("containerPort:", "port:", "required field of V1ContainerPort is missing"),
+        (
+            "containerPort:",
+            "port:",
+            "required field of V1ContainerPort is missing",
+        ),
     ];
     for (i, (from, to, expect)) in broken.iter().enumerate() {
         assert!(original.contains(from), "deployment.yaml has no `{from}`");
         let path = dir.path().join(format!("broken{i}.yaml"));
         std::fs::write(&path, original.replacen(from, to, 1)).unwrap();
         let (ok, out) = schema_check(&[path]);
-        assert!(!ok && out.contains(expect), "`{from}` -> `{to}` not caught:\n{out}");
+        assert!(
+            !ok && out.contains(expect),
+            "`{from}` -> `{to}` not caught:\n{out}"
+        );
     }
 }

@@ -178,7 +178,7 @@ impl Gateway {
             }
         };
         if let Some(id) = &identity {
-            self.usage.record(&id.record().id, jiff::Timestamp::now());
+            self.usage.record(&id.record().id, crate::clock::wall());
         }
         let outcome = match (deny, &identity) {
             (Some(reason), _) => reason,
