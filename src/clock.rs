@@ -2,14 +2,14 @@
 //!
 //! One background thread (`patgate-clock`, started by [`start`]) reads the monotonic
 //! and the wall clock every [`RESOLUTION`] and publishes both; the request path then
-//! reads the time with an atomic load instead of a `clock_gettime` call. On VMs whose
-//! TSC quanta cannot use, each of those calls costs ~25 ns, and a cached auth decision
-//! used to make three (cache freshness, token expiry, rate limit).
+//! reads the time with an atomic load instead of a `clock_gettime` call (about 25 ns
+//! each on VMs whose TSC quanta cannot use).
 //!
-//! What reads these clocks tolerates being up to one [`RESOLUTION`] late: cache
-//! freshness (seconds), token expiry (seconds), the GCRA rate limiter (its emission
-//! interval is at least 1 ns but a 1 ms-late clock only delays a refill by 1 ms), and
-//! the usage counters' last-used time. Latency measurements keep the precise clock.
+//! Only what has second-scale semantics reads these clocks: cache freshness
+//! (`cache.ttl_seconds`), token expiry, and the usage counters' last-used time. The
+//! rate limiters keep the precise clock: a GCRA with a 1 ms emission interval and no
+//! burst would admit one request per clock step on a coarse clock. Latency
+//! measurements keep the precise clock too.
 //!
 //! Until [`start`] has run (unit tests, library users that never call it), every read
 //! falls back to the precise clock, so nothing depends on the thread for correctness.
@@ -18,11 +18,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use governor::nanos::Nanos;
 use jiff::Timestamp;
 
 /// How often the published time is refreshed.
-pub const RESOLUTION: Duration = Duration::from_millis(1);
+pub const RESOLUTION: Duration = Duration::from_millis(10);
 
 /// Wall-clock microseconds since the Unix epoch; 0 until the thread runs.
 static WALL_MICROS: AtomicI64 = AtomicI64::new(0);
@@ -77,29 +76,6 @@ pub fn wall() -> Timestamp {
     Timestamp::from_microsecond(micros).unwrap_or_else(|_| Timestamp::now())
 }
 
-/// [`recent`] as a governor clock, for the rate limiters.
-#[derive(Debug, Clone)]
-pub struct RateClock {
-    reference: quanta::Instant,
-}
-
-impl Default for RateClock {
-    fn default() -> Self {
-        RateClock {
-            reference: recent(),
-        }
-    }
-}
-
-impl governor::clock::Clock for RateClock {
-    type Instant = Nanos;
-
-    #[inline]
-    fn now(&self) -> Nanos {
-        Nanos::from(recent().saturating_duration_since(self.reference))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,24 +88,22 @@ mod tests {
             let lag = Timestamp::now().duration_since(wall());
             assert!(
                 lag >= jiff::SignedDuration::ZERO - jiff::SignedDuration::from_millis(1)
-                    && lag < jiff::SignedDuration::from_millis(50),
+                    && lag < jiff::SignedDuration::from_millis(100),
                 "wall clock lag {lag:?}"
             );
             let mono_lag = quanta::Instant::now().saturating_duration_since(recent());
             assert!(
-                mono_lag < Duration::from_millis(50),
+                mono_lag < Duration::from_millis(100),
                 "monotonic lag {mono_lag:?}"
             );
             std::thread::sleep(Duration::from_millis(3));
         }
         // It moves.
         let a = wall();
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(30));
         assert!(wall() > a);
-        let clock = RateClock::default();
-        let t0 = governor::clock::Clock::now(&clock);
-        std::thread::sleep(Duration::from_millis(20));
-        let t1 = governor::clock::Clock::now(&clock);
-        assert!(t1 > t0);
+        let m = recent();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(recent() > m);
     }
 }

@@ -5,7 +5,8 @@
 //! sharded map; [`RateLimiters::sweep`] (run every minute) drops the ones idle for
 //! longer than their bucket needs to refill, so forgetting them loses nothing.
 //! Cost on the request path: one map lookup (no allocation and no clock read once the
-//! token has a limiter; time comes from [`crate::clock`]) and one lock-free GCRA update.
+//! token has a limiter) and one lock-free GCRA update (precise clock: see
+//! [`crate::clock`] for why not the coarse one).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use governor::clock::Clock;
+use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
@@ -23,9 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::config::RateSpec;
 use crate::store::TokenRecord;
 
-use crate::clock::RateClock;
-
-type Limiter = RateLimiter<NotKeyed, InMemoryState, RateClock, StateInformationMiddleware>;
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 /// Values of the `RateLimit-*` (and on 429 `Retry-After`) headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +96,7 @@ impl Entry {
 pub struct RateLimiters {
     default: Option<RateSpec>,
     limiters: DashMap<String, Arc<Entry>, foldhash::fast::RandomState>,
-    clock: RateClock,
+    clock: DefaultClock,
     /// Advanced by each [`RateLimiters::sweep`]: a clock without a clock read.
     tick: AtomicU64,
 }
@@ -139,7 +138,7 @@ impl RateLimiters {
         RateLimiters {
             default,
             limiters: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-            clock: RateClock::default(),
+            clock: DefaultClock::default(),
             tick: AtomicU64::new(0),
         }
     }
