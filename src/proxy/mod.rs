@@ -232,8 +232,7 @@ impl Gateway {
     ) -> Result<
         (Response<Body>, Arc<str>, Option<Identity>),
         (GatewayError, Arc<str>, Option<Identity>),
-    >
-    {
+    > {
         let settings = &rt.settings;
         let Some(norm) = path::normalize(req.uri().path()) else {
             return Err((
