@@ -1572,6 +1572,32 @@ logging:
     }
 
     #[test]
+    fn redis_sentinel_takes_master_name_and_sentinel_urls() {
+        let s = ok(r#"
+store:
+  redis:
+    sentinel:
+      master_name: mymaster
+      urls: ["redis://s1:26379", "redis://s2:26379"]
+      master_password: hunter2
+      db: 3
+"#);
+        let StoreSettings::Redis(r) = s.store else {
+            panic!("redis expected")
+        };
+        assert!(r.urls.is_empty(), "no default URL beside the sentinels");
+        let sn = r.sentinel.expect("sentinel settings");
+        assert_eq!(sn.master_name, "mymaster");
+        assert_eq!(sn.urls.len(), 2);
+        assert_eq!(sn.master_password.as_deref(), Some("hunter2"));
+        assert_eq!(sn.db, 3);
+        assert!(
+            !format!("{sn:?}").contains("hunter2"),
+            "Debug hides the password"
+        );
+    }
+
+    #[test]
     fn redis_cluster_takes_seed_urls() {
         let s = ok(r#"
 store:
@@ -1922,6 +1948,26 @@ whoami_path: /$${literal}
             (
                 "store: {redis: {command_timeout_ms: 0}}\n",
                 "store.redis.command_timeout_ms",
+            ),
+            (
+                "store: {redis: {sentinel: {urls: [redis://s:26379]}}}\n",
+                "store.redis.sentinel.master_name",
+            ),
+            (
+                "store: {redis: {sentinel: {master_name: m}}}\n",
+                "store.redis.sentinel.urls",
+            ),
+            (
+                "store: {redis: {sentinel: {master_name: m, urls: [http://s]}}}\n",
+                "store.redis.sentinel.urls[0]",
+            ),
+            (
+                "store: {redis: {url: redis://a, sentinel: {master_name: m, urls: [redis://s]}}}\n",
+                "store.redis.sentinel",
+            ),
+            (
+                "store: {redis: {cluster: true, sentinel: {master_name: m, urls: [redis://s]}}}\n",
+                "store.redis.sentinel",
             ),
             ("store: {embedded: {path: \"\"}}\n", "store.embedded.path"),
             ("cache: {ttl_seconds: 0}\n", "cache.ttl_seconds"),
