@@ -530,3 +530,51 @@ async fn sentinel_failover_keeps_acknowledged_writes_and_auth_working() {
     let took = until_status(&replicas[1].url, token, 401, Duration::from_secs(1)).await;
     println!("revocation after failover reached the other replica in {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_redis_costs_one_timeout_then_limits_locally() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let yaml = gateway_yaml(
+        &format!("  redis:\n    url: \"{}\"\n", redis.url()),
+        &upstream.url(),
+        2,
+    );
+    let gw = tokio::task::spawn_blocking(move || GatewayProcess::start(&yaml))
+        .await
+        .unwrap();
+    let admin = AdminApi::new(&gw.admin_url);
+    let (token, _) = admin
+        .create(json!({"name": "h", "ownerId": "u",
+            "rateLimit": {"requests": 10, "perSeconds": 1, "burst": 10}}))
+        .await;
+    let http = reqwest::Client::new();
+    assert_eq!(status(&http, &gw.url, &token).await, 200);
+
+    // Frozen Redis: connections stay open, nothing answers.
+    redis.freeze(true);
+    let started = Instant::now();
+    let first = status(&http, &gw.url, &token).await;
+    let first_took = started.elapsed();
+    let mut statuses = vec![first];
+    let quick = Instant::now();
+    for _ in 0..20 {
+        statuses.push(status(&http, &gw.url, &token).await);
+    }
+    let rest_took = quick.elapsed();
+    redis.freeze(false);
+    println!("hanging redis: first {first_took:?}, next 20 in {rest_took:?}: {statuses:?}");
+    // The first request waits for the command timeout (250 ms), the next ones don't
+    // ask Redis again within the probe interval.
+    assert!(first_took < Duration::from_millis(1000), "{first_took:?}");
+    assert!(rest_took < Duration::from_millis(500), "{rest_took:?}");
+    // Share of 10/s burst 10 over 2 replicas: 5 admitted, then limited.
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok + limited, statuses.len(), "{statuses:?}");
+    assert!((5..=7).contains(&ok), "{statuses:?}");
+    assert_eq!(
+        metric(&gw.admin_url, "patgate_rate_limit_fallback_active").await,
+        1.0
+    );
+}
