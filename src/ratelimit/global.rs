@@ -37,7 +37,9 @@ pub trait GcraBackend: Send + Sync + 'static {
 
 /// Global limits with a local fallback. See the module doc.
 pub struct GlobalLimiter {
+    /// Where the shared buckets live.
     backend: Arc<dyn GcraBackend>,
+    /// Spec for tokens without an override.
     default: Option<RateSpec>,
     /// `rate_limit.replicas` (≥ 1): the fallback holds 1/replicas of each limit.
     replicas: u32,
@@ -47,6 +49,7 @@ pub struct GlobalLimiter {
     in_fallback: AtomicBool,
     /// Milliseconds since `epoch` before which Redis is not tried.
     skip_until_ms: AtomicU64,
+    /// Origin of `skip_until_ms`.
     epoch: Instant,
 }
 

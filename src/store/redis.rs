@@ -265,6 +265,8 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(MAX_BACKOFF);
 
+        // Sentinel: a follower task owns the master connection. Otherwise: the cluster
+        // connection or a standalone connection manager.
         let pubsub_nodes = if let Some(sn) = &settings.sentinel {
             let mut finder = MasterFinder::new(sn, settings.connect_timeout).map_err(bad)?;
             let master = finder.master().await;
@@ -296,56 +298,51 @@ impl RedisStore {
             for url in &settings.urls {
                 clients.push(Client::open(url.as_str()).map_err(bad)?);
             }
-            if clients.is_empty() {
+            let Some(first) = clients.first().cloned() else {
                 return Err(StoreError::Unavailable("no redis url configured".into()));
+            };
+            if settings.cluster {
+                let client = ClusterClientBuilder::new(settings.urls.clone())
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(settings.command_timeout)
+                    .build()
+                    .map_err(bad)?;
+                let connect_timeout = settings.connect_timeout;
+                // One attempt inline so a healthy cluster is usable when we return; if it
+                // fails, a background task keeps trying while calls answer `Unavailable`.
+                match tokio::time::timeout(connect_timeout, client.get_async_connection()).await {
+                    Ok(Ok(c)) => conn.store(Some(Arc::new(Conn::Cluster(c)))),
+                    _ => {
+                        tracing::warn!(
+                            "redis cluster unreachable at start; retrying in background"
+                        );
+                        let slot = conn.clone();
+                        let task = tokio::spawn(async move {
+                            let mut backoff = Duration::from_millis(100);
+                            loop {
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                                if let Ok(Ok(c)) = tokio::time::timeout(
+                                    connect_timeout,
+                                    client.get_async_connection(),
+                                )
+                                .await
+                                {
+                                    slot.store(Some(Arc::new(Conn::Cluster(c))));
+                                    return;
+                                }
+                            }
+                        });
+                        tasks.push(task.abort_handle());
+                    }
+                }
+            } else {
+                let manager =
+                    ConnectionManager::new_lazy_with_config(first, manager_config).map_err(bad)?;
+                conn.store(Some(Arc::new(Conn::Single(manager))));
             }
             PubSubNodes::Fixed { clients, next: 0 }
         };
-
-        if settings.sentinel.is_some() {
-            // Connected above (or by `follow_master`).
-        } else if settings.cluster {
-            let client = ClusterClientBuilder::new(settings.urls.clone())
-                .connection_timeout(settings.connect_timeout)
-                .response_timeout(settings.command_timeout)
-                .build()
-                .map_err(bad)?;
-            let connect_timeout = settings.connect_timeout;
-            // One attempt inline so a healthy cluster is usable when we return; if it
-            // fails, a background task keeps trying while calls answer `Unavailable`.
-            match tokio::time::timeout(connect_timeout, client.get_async_connection()).await {
-                Ok(Ok(c)) => conn.store(Some(Arc::new(Conn::Cluster(c)))),
-                _ => {
-                    tracing::warn!("redis cluster unreachable at start; retrying in background");
-                    let slot = conn.clone();
-                    let task = tokio::spawn(async move {
-                        let mut backoff = Duration::from_millis(100);
-                        loop {
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            if let Ok(Ok(c)) =
-                                tokio::time::timeout(connect_timeout, client.get_async_connection())
-                                    .await
-                            {
-                                slot.store(Some(Arc::new(Conn::Cluster(c))));
-                                return;
-                            }
-                        }
-                    });
-                    tasks.push(task.abort_handle());
-                }
-            }
-        } else {
-            let first = settings
-                .urls
-                .first()
-                .map(String::as_str)
-                .unwrap_or_default();
-            let client = Client::open(first).map_err(bad)?;
-            let manager =
-                ConnectionManager::new_lazy_with_config(client, manager_config).map_err(bad)?;
-            conn.store(Some(Arc::new(Conn::Single(manager))));
-        }
 
         let (invalidations, _) = broadcast::channel(INVALIDATION_CAPACITY);
         let (ready_tx, ready_rx) = watch::channel(false);
@@ -545,9 +542,13 @@ impl PubSubNodes {
 
 /// Asks the sentinels which node is the master.
 struct MasterFinder {
+    /// redis-rs's sentinel client (keeps a connection per sentinel).
     sentinel: Sentinel,
+    /// The monitored master's name.
     name: String,
+    /// Credentials and db for the master.
     node: SentinelNodeConnectionInfo,
+    /// Bound on one lookup (`connect_timeout`).
     timeout: Duration,
 }
 
