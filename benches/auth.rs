@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue, Method, header};
 use patgate::auth::{self, RequestFacts};
 use patgate::cache::TokenCache;
 use patgate::lifecycle::{Actor, Caller, Lifecycle, NewToken};
-use patgate::ratelimit::RateLimiters;
+use patgate::ratelimit::RateLimiter;
 use patgate::store::TokenStore;
 use patgate::store::embedded::EmbeddedStore;
 use patgate::token::{self, TokenHash};
@@ -66,7 +66,7 @@ routes:
             &Caller::new(Actor::System),
         ))
         .expect("create");
-    let limiters = RateLimiters::new(settings.rate_limit.default);
+    let limiters = RateLimiter::local(settings.rate_limit.default);
     let route = settings.routes[0].clone();
     let mut headers = HeaderMap::new();
     headers.insert(

@@ -15,6 +15,7 @@ use crate::config::{Settings, StoreSettings};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{ResultLabels, metrics};
 use crate::proxy::Gateway;
+use crate::ratelimit::GcraBackend;
 use crate::server::{self, ServeOptions};
 use crate::store::TokenStore;
 use crate::store::embedded::EmbeddedStore;
@@ -25,12 +26,36 @@ use crate::usage::UsageRecorder;
 /// How often usage counts are flushed to the store.
 pub const USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// An opened store.
+pub struct OpenedStore {
+    /// The token store.
+    pub tokens: Arc<dyn TokenStore>,
+    /// The same Redis connection as the home of global rate-limit buckets
+    /// (`None` for the embedded store).
+    pub gcra: Option<Arc<dyn GcraBackend>>,
+}
+
+impl From<Arc<dyn TokenStore>> for OpenedStore {
+    fn from(tokens: Arc<dyn TokenStore>) -> Self {
+        OpenedStore { tokens, gcra: None }
+    }
+}
+
 /// Opens the configured store. Redis connects in the background: an unreachable
 /// Redis does not stop patgate from starting (requests get 503 until it is back).
-pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn TokenStore>> {
+pub async fn open_store(settings: &StoreSettings) -> anyhow::Result<OpenedStore> {
     Ok(match settings {
-        StoreSettings::Redis(r) => Arc::new(RedisStore::connect(r).await?),
-        StoreSettings::Embedded(e) => Arc::new(EmbeddedStore::open(e)?),
+        StoreSettings::Redis(r) => {
+            let redis = Arc::new(RedisStore::connect(r).await?);
+            OpenedStore {
+                tokens: redis.clone(),
+                gcra: Some(redis),
+            }
+        }
+        StoreSettings::Embedded(e) => OpenedStore {
+            tokens: Arc::new(EmbeddedStore::open(e)?),
+            gcra: None,
+        },
     })
 }
 
@@ -62,9 +87,13 @@ impl App {
     /// unusable.
     pub fn with_store(
         settings: Arc<Settings>,
-        store: Arc<dyn TokenStore>,
+        store: impl Into<OpenedStore>,
         config_path: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        let OpenedStore {
+            tokens: store,
+            gcra,
+        } = store.into();
         let tls = match &settings.tls {
             Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
             None => None,
@@ -72,7 +101,12 @@ impl App {
         let cache = TokenCache::new(store.clone(), &settings.cache);
         let usage = Arc::new(UsageRecorder::new());
         let lifecycle = Lifecycle::new(store.clone(), cache.clone(), settings.tokens.clone());
-        let gateway = Arc::new(Gateway::new(settings.clone(), cache.clone(), usage.clone()));
+        let gateway = Arc::new(Gateway::new(
+            settings.clone(),
+            cache.clone(),
+            usage.clone(),
+            gcra,
+        ));
         let reloader = Arc::new(Reloader::new(
             config_path,
             gateway.clone(),
@@ -172,11 +206,6 @@ impl App {
 /// `patgate serve`: binds the configured listeners, handles SIGTERM/SIGINT (drain)
 /// and SIGHUP (reload `config_path`), runs until stopped.
 pub async fn serve(settings: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    if settings.rate_limit.mode == crate::config::RateLimitMode::Redis {
-        tracing::warn!(
-            "rate_limit.mode: redis (global limits) is not implemented yet; limits are enforced per replica"
-        );
-    }
     let data = server::bind(settings.listen).await?;
     let admin = server::bind(settings.admin.listen).await?;
     let app = App::build(settings, config_path).await?;

@@ -4,11 +4,13 @@
 //! The modules follow a request's path through the gateway:
 //! - [`config`]: YAML → raw structs → validated [`config::Settings`] (every problem with its path).
 //! - [`token`]: the token format — generate, parse + checksum, SHA-256, display prefix. Pure.
-//! - [`store`]: the [`store::TokenStore`] trait; Redis and embedded (redb) implementations.
+//! - [`store`]: the [`store::TokenStore`] trait; Redis (standalone, Sentinel, Cluster) and
+//!   embedded (redb) implementations.
 //! - [`cache`]: moka cache in front of the store: positive/negative entries, coalesced
 //!   misses, invalidation, stale serving while the store is down.
 //! - [`auth`]: the decision pipeline — format → lookup → state → IP → route policy → rate limit.
-//! - [`ratelimit`]: per-token limits (governor) and the `RateLimit-*` header values.
+//! - [`ratelimit`]: per-token limits — local (governor) or global (GCRA in Redis, with a
+//!   local fallback) — and the `RateLimit-*` header values.
 //! - [`proxy`]: routing, header hygiene, forwarding with the pooled hyper client.
 //! - [`admin`]: the admin API (SPEC §4) on its own listener.
 //! - [`server`]: listeners, connection handling, graceful shutdown.

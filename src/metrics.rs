@@ -69,6 +69,10 @@ pub struct Metrics {
     pub invalidations: Counter,
     /// Requests rejected by rate limits.
     pub rate_limited: Counter,
+    /// Requests whose global (`mode: redis`) limit was decided by the local fallback.
+    pub rate_limit_fallback: Counter,
+    /// 1 while global limits are decided by the local fallback (Redis unreachable).
+    pub rate_limit_fallback_active: Gauge,
     /// Open client connections (data plane and admin).
     pub open_connections: Gauge,
     /// Config reloads.
@@ -104,6 +108,8 @@ impl Metrics {
             store_errors: Counter::default(),
             invalidations: Counter::default(),
             rate_limited: Counter::default(),
+            rate_limit_fallback: Counter::default(),
+            rate_limit_fallback_active: Gauge::default(),
             open_connections: Gauge::default(),
             config_reloads: Family::default(),
             usage_flushed: Counter::default(),
@@ -159,6 +165,16 @@ impl Metrics {
             "rate_limited",
             "Requests rejected by rate limits",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "rate_limit_fallback",
+            "Requests whose global rate limit was decided locally because Redis was unreachable",
+            m.rate_limit_fallback.clone(),
+        );
+        registry.register(
+            "rate_limit_fallback_active",
+            "1 while global rate limits fall back to per-replica limits",
+            m.rate_limit_fallback_active.clone(),
         );
         registry.register(
             "open_connections",

@@ -678,6 +678,7 @@ fn redis_settings(url: String) -> RedisSettings {
     RedisSettings {
         urls: vec![url],
         cluster: false,
+        sentinel: None,
         command_timeout: Duration::from_millis(250),
         connect_timeout: Duration::from_millis(500),
         key_prefix: "patgate:".to_string(),

@@ -8,7 +8,8 @@
 //!    inactive → old secret past its grace → owner disabled.
 //! 4. [`ip_allowlist`]: the client IP against the token's `ipAllowlist`.
 //! 5. [`policy`]: the route's required scopes and permissions, project/org binding.
-//! 6. rate limit ([`crate::ratelimit`]).
+//! 6. rate limit ([`crate::ratelimit`]): local, or one Redis round trip with
+//!    `rate_limit.mode: redis`.
 //!
 //! Each stage returns `Result<_, Deny>`; the first `Deny` ends the pipeline.
 
@@ -24,7 +25,7 @@ use http::{HeaderMap, Method};
 
 use crate::cache::TokenCache;
 use crate::config::{Route, TokenSettings};
-use crate::ratelimit::{RateHeaders, RateLimiters};
+use crate::ratelimit::{RateHeaders, RateLimiter};
 use crate::store::{Lookup, TokenRecord};
 use crate::token::{FormatError, TokenHash};
 
@@ -95,7 +96,7 @@ pub async fn authenticate(
     route: Option<&Route>,
     tokens: &TokenSettings,
     cache: &TokenCache,
-    limiters: &RateLimiters,
+    limiters: &RateLimiter,
 ) -> Result<Identity, Deny> {
     let token = credentials::bearer(facts.headers)?;
     credentials::check_format(token, tokens)?;
@@ -117,6 +118,9 @@ pub async fn authenticate(
     if let Some(route) = route {
         policy::check(&lookup.record, route, facts.method, facts.path)?;
     }
-    let rate = limiters.check(&lookup.record).map_err(Deny::RateLimited)?;
+    let rate = limiters
+        .check(&lookup.record)
+        .await
+        .map_err(Deny::RateLimited)?;
     Ok(Identity { lookup, rate })
 }

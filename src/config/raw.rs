@@ -105,6 +105,7 @@ pub(crate) struct RawRedis {
     pub urls: Option<Vec<String>>,
     #[serde(deserialize_with = "opt_bool")]
     pub cluster: Option<bool>,
+    pub sentinel: Option<RawSentinel>,
     #[serde(deserialize_with = "opt_num")]
     pub command_timeout_ms: Option<u64>,
     #[serde(deserialize_with = "opt_num")]
@@ -112,6 +113,17 @@ pub(crate) struct RawRedis {
     pub key_prefix: Option<String>,
     #[serde(deserialize_with = "opt_num")]
     pub audit_max_events: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawSentinel {
+    pub master_name: Option<String>,
+    pub urls: Option<Vec<String>>,
+    pub master_username: Option<String>,
+    pub master_password: Option<String>,
+    #[serde(deserialize_with = "opt_num")]
+    pub db: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +173,8 @@ pub(crate) enum RawRateLimitMode {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawRateLimit {
     pub mode: Option<RawRateLimitMode>,
+    #[serde(deserialize_with = "opt_num")]
+    pub replicas: Option<u32>,
     /// Absent = the built-in default; explicit `null` = unlimited.
     #[serde(deserialize_with = "present")]
     pub default: Option<Option<RawRate>>,

@@ -88,10 +88,13 @@ pub enum StoreSettings {
 /// Redis connection settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisSettings {
-    /// `redis://` / `rediss://` URLs (one for standalone; seed nodes for a cluster).
+    /// `redis://` / `rediss://` URLs (one for standalone; seed nodes for a cluster;
+    /// empty with `sentinel`).
     pub urls: Vec<String>,
     /// Use the cluster client.
     pub cluster: bool,
+    /// Find the master through Redis Sentinel (and follow failovers).
+    pub sentinel: Option<SentinelSettings>,
     /// Per-command timeout (default 250 ms): a store call never blocks a request longer.
     pub command_timeout: Duration,
     /// Connect timeout (default 1 s).
@@ -100,6 +103,34 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Max audit events kept (Redis stream MAXLEN ~, default 100000).
     pub audit_max_events: u64,
+}
+
+/// Redis Sentinel: where the sentinels are and which master to ask them for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelSettings {
+    /// The monitored master's name (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// Sentinel URLs (`redis://[user:password@]host:26379`; the credentials are the
+    /// sentinels' own).
+    pub urls: Vec<String>,
+    /// ACL user for the master (and its replicas).
+    pub master_username: Option<String>,
+    /// Password for the master.
+    pub master_password: Option<String>,
+    /// Database number on the master (default 0).
+    pub db: u32,
+}
+
+impl std::fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs and the password may hold secrets.
+        f.debug_struct("SentinelSettings")
+            .field("master_name", &self.master_name)
+            .field("sentinels", &self.urls.len())
+            .field("master_username", &self.master_username)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Embedded store settings.
@@ -151,6 +182,9 @@ pub struct RateLimitSettings {
     pub mode: RateLimitMode,
     /// Default per-token limit; `None` = unlimited unless the token sets one.
     pub default: Option<RateSpec>,
+    /// Expected number of replicas (default 1). With `mode: redis`, while Redis is
+    /// unreachable each replica enforces `1/replicas` of every limit locally.
+    pub replicas: u32,
 }
 
 /// Where rate limits are counted.

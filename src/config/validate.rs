@@ -652,7 +652,8 @@ fn store(cx: &mut Ctx, raw: raw::RawStore) -> StoreSettings {
 }
 
 fn redis(cx: &mut Ctx, r: raw::RawRedis) -> RedisSettings {
-    use redis::IntoConnectionInfo;
+    let cluster = r.cluster.unwrap_or(false);
+    let sentinel = r.sentinel.map(|sn| sentinel(cx, sn));
     let urls: Vec<(String, String)> = match (r.url, r.urls) {
         (Some(_), Some(_)) => {
             cx.err("store.redis.urls", "give either `url` or `urls`, not both");
@@ -668,18 +669,24 @@ fn redis(cx: &mut Ctx, r: raw::RawRedis) -> RedisSettings {
                 .map(|(i, u)| (format!("store.redis.urls[{i}]"), u))
                 .collect()
         }
+        (None, None) if sentinel.is_some() => Vec::new(),
         (None, None) => vec![("store.redis.url".to_owned(), DEFAULT_REDIS_URL.to_owned())],
     };
-    for (path, u) in &urls {
-        // The URL may hold a password: never echo it.
-        if u.trim().into_connection_info().is_err() {
+    check_redis_urls(cx, &urls);
+    if sentinel.is_some() {
+        if !urls.is_empty() {
             cx.err(
-                path.clone(),
-                "not a Redis URL (redis://[user:password@]host:port[/db], rediss://..., or unix:///path)",
+                "store.redis.sentinel",
+                "give either `sentinel` or `url`/`urls`: the master's address comes from the sentinels",
+            );
+        }
+        if cluster {
+            cx.err(
+                "store.redis.sentinel",
+                "Sentinel and `cluster: true` exclude each other",
             );
         }
     }
-    let cluster = r.cluster.unwrap_or(false);
     if !cluster && urls.len() > 1 {
         cx.err("store.redis.urls", "several URLs need `cluster: true`");
     }
@@ -696,6 +703,7 @@ fn redis(cx: &mut Ctx, r: raw::RawRedis) -> RedisSettings {
     RedisSettings {
         urls: urls.into_iter().map(|(_, u)| u.trim().to_owned()).collect(),
         cluster,
+        sentinel,
         command_timeout: millis(
             cx,
             "store.redis.command_timeout_ms",
@@ -796,6 +804,49 @@ fn tokens(cx: &mut Ctx, r: raw::RawTokens) -> TokenSettings {
     }
 }
 
+/// Every URL must parse; a URL may hold a password, so it is never echoed.
+fn check_redis_urls(cx: &mut Ctx, urls: &[(String, String)]) {
+    use redis::IntoConnectionInfo;
+    for (path, u) in urls {
+        if u.trim().into_connection_info().is_err() {
+            cx.err(
+                path.clone(),
+                "not a Redis URL (redis://[user:password@]host:port[/db], rediss://..., or unix:///path)",
+            );
+        }
+    }
+}
+
+fn sentinel(cx: &mut Ctx, r: raw::RawSentinel) -> SentinelSettings {
+    let master_name = r.master_name.unwrap_or_default().trim().to_owned();
+    if master_name.is_empty() {
+        cx.err(
+            "store.redis.sentinel.master_name",
+            "is required (the name in `sentinel monitor <name> ...`)",
+        );
+    }
+    let list = r.urls.unwrap_or_default();
+    if list.is_empty() {
+        cx.err(
+            "store.redis.sentinel.urls",
+            "must list at least one sentinel URL",
+        );
+    }
+    let urls: Vec<(String, String)> = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| (format!("store.redis.sentinel.urls[{i}]"), u))
+        .collect();
+    check_redis_urls(cx, &urls);
+    SentinelSettings {
+        master_name,
+        urls: urls.into_iter().map(|(_, u)| u.trim().to_owned()).collect(),
+        master_username: r.master_username.filter(|u| !u.is_empty()),
+        master_password: r.master_password.filter(|p| !p.is_empty()),
+        db: r.db.unwrap_or(0),
+    }
+}
+
 fn rate_limit(cx: &mut Ctx, r: raw::RawRateLimit, store: &StoreSettings) -> RateLimitSettings {
     let mode = match r.mode.unwrap_or(raw::RawRateLimitMode::Local) {
         raw::RawRateLimitMode::Local => RateLimitMode::Local,
@@ -830,7 +881,12 @@ fn rate_limit(cx: &mut Ctx, r: raw::RawRateLimit, store: &StoreSettings) -> Rate
             })
         }
     };
-    RateLimitSettings { mode, default }
+    let replicas = positive_u32(cx, "rate_limit.replicas", r.replicas, 1);
+    RateLimitSettings {
+        mode,
+        default,
+        replicas,
+    }
 }
 
 fn client_ip(cx: &mut Ctx, r: raw::RawClientIp) -> ClientIpSettings {
@@ -1419,6 +1475,7 @@ logging:
                 StoreSettings::Redis(RedisSettings {
                     urls: vec!["redis://127.0.0.1:6379".into()],
                     cluster: false,
+                    sentinel: None,
                     command_timeout: Duration::from_millis(250),
                     connect_timeout: Duration::from_secs(1),
                     key_prefix: "patgate:".into(),
@@ -1455,6 +1512,7 @@ logging:
                         per_seconds: 1,
                         burst: 100
                     }),
+                    replicas: 1,
                 }
             );
             assert!(s.client_ip.trusted_proxies.is_empty());
@@ -1514,6 +1572,32 @@ logging:
     }
 
     #[test]
+    fn redis_sentinel_takes_master_name_and_sentinel_urls() {
+        let s = ok(r#"
+store:
+  redis:
+    sentinel:
+      master_name: mymaster
+      urls: ["redis://s1:26379", "redis://s2:26379"]
+      master_password: hunter2
+      db: 3
+"#);
+        let StoreSettings::Redis(r) = s.store else {
+            panic!("redis expected")
+        };
+        assert!(r.urls.is_empty(), "no default URL beside the sentinels");
+        let sn = r.sentinel.expect("sentinel settings");
+        assert_eq!(sn.master_name, "mymaster");
+        assert_eq!(sn.urls.len(), 2);
+        assert_eq!(sn.master_password.as_deref(), Some("hunter2"));
+        assert_eq!(sn.db, 3);
+        assert!(
+            !format!("{sn:?}").contains("hunter2"),
+            "Debug hides the password"
+        );
+    }
+
+    #[test]
     fn redis_cluster_takes_seed_urls() {
         let s = ok(r#"
 store:
@@ -1554,8 +1638,9 @@ store:
                 burst: 20
             })
         );
-        let s = ok("store: {backend: redis}\nrate_limit: {mode: redis}\n");
+        let s = ok("store: {backend: redis}\nrate_limit: {mode: redis, replicas: 3}\n");
         assert_eq!(s.rate_limit.mode, RateLimitMode::Redis);
+        assert_eq!(s.rate_limit.replicas, 3);
     }
 
     #[test]
@@ -1864,6 +1949,26 @@ whoami_path: /$${literal}
                 "store: {redis: {command_timeout_ms: 0}}\n",
                 "store.redis.command_timeout_ms",
             ),
+            (
+                "store: {redis: {sentinel: {urls: [redis://s:26379]}}}\n",
+                "store.redis.sentinel.master_name",
+            ),
+            (
+                "store: {redis: {sentinel: {master_name: m}}}\n",
+                "store.redis.sentinel.urls",
+            ),
+            (
+                "store: {redis: {sentinel: {master_name: m, urls: [http://s]}}}\n",
+                "store.redis.sentinel.urls[0]",
+            ),
+            (
+                "store: {redis: {url: redis://a, sentinel: {master_name: m, urls: [redis://s]}}}\n",
+                "store.redis.sentinel",
+            ),
+            (
+                "store: {redis: {cluster: true, sentinel: {master_name: m, urls: [redis://s]}}}\n",
+                "store.redis.sentinel",
+            ),
             ("store: {embedded: {path: \"\"}}\n", "store.embedded.path"),
             ("cache: {ttl_seconds: 0}\n", "cache.ttl_seconds"),
             ("cache: {max_entries: 0}\n", "cache.max_entries"),
@@ -1903,6 +2008,7 @@ whoami_path: /$${literal}
                 "rate_limit: {default: {requests: 1, burst: 0}}\n",
                 "rate_limit.default.burst",
             ),
+            ("rate_limit: {replicas: 0}\n", "rate_limit.replicas"),
             (
                 "store: {backend: embedded}\nrate_limit: {mode: redis}\n",
                 "rate_limit.mode",

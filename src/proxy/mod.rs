@@ -33,10 +33,11 @@ use crate::auth::{self, Identity, RequestFacts};
 use crate::body::{self, Body};
 use crate::cache::TokenCache;
 use crate::client_ip;
+use crate::config::RateLimitMode;
 use crate::config::{AuthMode, Settings};
 use crate::error::{GatewayError, json_response};
 use crate::metrics::{RequestLabels, RouteLabels, metrics};
-use crate::ratelimit::RateLimiters;
+use crate::ratelimit::{GcraBackend, GlobalLimiter, RateLimiter};
 use crate::usage::UsageRecorder;
 use router::{RouteEntry, Router};
 use upstream::UpstreamPool;
@@ -47,8 +48,8 @@ pub struct Runtime {
     pub settings: Arc<Settings>,
     /// The routing table.
     pub router: Router,
-    /// Rate limiters (per replica).
-    pub limiters: RateLimiters,
+    /// Rate limiter (per replica, or global in Redis).
+    pub limiters: RateLimiter,
     /// The route label of requests no route matched (`""`).
     unrouted: Arc<str>,
     /// The route label of whoami requests.
@@ -56,8 +57,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds routes, pools and limiters from `settings`.
-    pub fn new(settings: Arc<Settings>) -> Self {
+    /// Builds routes, pools and the rate limiter from `settings`; `gcra` is where
+    /// `rate_limit.mode: redis` keeps its buckets (the Redis store).
+    pub fn new(settings: Arc<Settings>, gcra: Option<&Arc<dyn GcraBackend>>) -> Self {
         let mut pools: BTreeMap<String, Arc<UpstreamPool>> = BTreeMap::new();
         let entries = settings
             .routes
@@ -83,8 +85,24 @@ impl Runtime {
             router: Router::new(entries),
             unrouted: Arc::from(""),
             whoami: Arc::from("whoami"),
-            limiters: RateLimiters::new(settings.rate_limit.default),
+            limiters: rate_limiter(&settings, gcra),
             settings,
+        }
+    }
+}
+
+/// The limiter `settings` ask for. Global limits need a backend; without one (a
+/// gateway built on a store without Redis) limits stay local, with a warning.
+fn rate_limiter(settings: &Settings, gcra: Option<&Arc<dyn GcraBackend>>) -> RateLimiter {
+    let rl = &settings.rate_limit;
+    match (rl.mode, gcra) {
+        (RateLimitMode::Local, _) => RateLimiter::local(rl.default),
+        (RateLimitMode::Redis, Some(backend)) => {
+            RateLimiter::Global(GlobalLimiter::new(backend.clone(), rl.default, rl.replicas))
+        }
+        (RateLimitMode::Redis, None) => {
+            tracing::warn!("rate_limit.mode: redis without a Redis store; limiting per replica");
+            RateLimiter::local(rl.default)
         }
     }
 }
@@ -101,6 +119,8 @@ pub struct ConnInfo {
 /// The data-plane service shared by every connection.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
+    /// Global rate-limit buckets, kept across reloads.
+    gcra: Option<Arc<dyn GcraBackend>>,
     cache: TokenCache,
     usage: Arc<UsageRecorder>,
 }
@@ -116,10 +136,17 @@ struct Outcome<'a> {
 }
 
 impl Gateway {
-    /// A gateway over `cache` with the given settings.
-    pub fn new(settings: Arc<Settings>, cache: TokenCache, usage: Arc<UsageRecorder>) -> Self {
+    /// A gateway over `cache` with the given settings; `gcra` holds global rate-limit
+    /// buckets (`None` without a Redis store).
+    pub fn new(
+        settings: Arc<Settings>,
+        cache: TokenCache,
+        usage: Arc<UsageRecorder>,
+        gcra: Option<Arc<dyn GcraBackend>>,
+    ) -> Self {
         Gateway {
-            runtime: ArcSwap::from_pointee(Runtime::new(settings)),
+            runtime: ArcSwap::from_pointee(Runtime::new(settings, gcra.as_ref())),
+            gcra,
             cache,
             usage,
         }
@@ -132,7 +159,8 @@ impl Gateway {
 
     /// Installs a new config generation; in-flight requests finish on the old one.
     pub fn reload(&self, settings: Arc<Settings>) {
-        self.runtime.store(Arc::new(Runtime::new(settings)));
+        self.runtime
+            .store(Arc::new(Runtime::new(settings, self.gcra.as_ref())));
     }
 
     /// The token cache.

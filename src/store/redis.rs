@@ -1,4 +1,5 @@
-//! Redis store: production backend shared by every replica (standalone or Cluster).
+//! Redis store: production backend shared by every replica (standalone, Sentinel or
+//! Cluster).
 //!
 //! # Key layout
 //! `<p>` is `store.redis.key_prefix` (default `patgate:`). Every multi-key operation
@@ -13,6 +14,7 @@
 //! | `<p>ids` | zset | every id, score 0: ids are ULIDs, so `ZRANGEBYLEX` pages in creation order |
 //! | `<p>owners:disabled` | set | ids of disabled owners (small; every replica keeps a copy in memory) |
 //! | `<p>crl:{<owner>}:<window start secs>` | string | creation counter of one fixed window (expires with it) |
+//! | `<p>rl:{<id>}` | string | global rate-limit bucket (`rate_limit.mode: redis`): the GCRA TAT in µs of Redis time; `PX` = time until the bucket is full again |
 //! | `<p>audit` | stream | field `e` = event JSON; `MAXLEN ~ audit_max_events` |
 //! | `<p>invalidate` | pub/sub channel | [`Invalidation::encode`] messages |
 //!
@@ -34,12 +36,20 @@
 //! # Availability
 //! `connect` never fails because Redis is down: standalone uses a lazy
 //! [`ConnectionManager`] that connects (and reconnects) by itself; the cluster
-//! connection is made by a background task. Every call is bounded by
+//! connection is made by a background task. With Sentinel a background task asks the
+//! sentinels for the master every [`SENTINEL_POLL_EVERY`] (redis-rs
+//! `Sentinel::async_master_for`: `SENTINEL MASTERS`, then `ROLE` on the named master)
+//! and, when it has moved, swaps in a connection manager for the new master — a
+//! `ConnectionManager` alone would reconnect to the old address, now a read-only
+//! replica. Until the swap, writes fail with `READONLY` (→ `Unavailable`) and reads
+//! are still answered by the demoted node. Every call is bounded by
 //! `command_timeout` and maps timeouts and I/O errors to [`StoreError::Unavailable`].
 //! One background task owns a dedicated pub/sub connection, pings it every
 //! [`PUBSUB_PING_EVERY`] (a dead connection is noticed within about 1.5 s), reconnects
 //! with backoff forever, and sends [`Invalidation::All`] to subscribers after every
-//! re-established subscription.
+//! re-established subscription. With Sentinel the subscription sits on the master the
+//! follower task last found, and moves (with `All`, as after a loss) when it moves —
+//! the demoted node may not hear the new master's publications for a while.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +64,11 @@ use jiff::Timestamp;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisError, RedisFuture, Script, Value};
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{
+    Client, Cmd, ErrorKind, FromRedisValue, RedisConnectionInfo, RedisError, RedisFuture, Script,
+    Value,
+};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 
@@ -62,7 +76,9 @@ use super::{
     AuditEvent, AuditQuery, Changed, Invalidation, InvalidationRx, ListQuery, Lookup, Mutation,
     Page, StoreError, TokenRecord, TokenStore, UsageDelta,
 };
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, SentinelSettings};
+use crate::ratelimit::gcra::GCRA_LUA;
+use crate::ratelimit::{GcraBackend, GcraOutcome, GcraParams};
 use crate::token::TokenHash;
 
 /// Capacity of the local invalidation fan-out; a lagging receiver clears its cache.
@@ -75,6 +91,8 @@ pub const PUBSUB_PING_EVERY: Duration = Duration::from_millis(500);
 const PUBSUB_PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the sentinels are asked where the master is.
+pub const SENTINEL_POLL_EVERY: Duration = Duration::from_millis(500);
 /// Clock slack between replicas and Redis when mapping audit ids/times to stream ids.
 const AUDIT_SLACK_MS: i64 = 300_000;
 
@@ -172,6 +190,7 @@ struct Scripts {
     cas: Script,
     usage: Script,
     count: Script,
+    gcra: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -238,64 +257,98 @@ impl RedisStore {
     /// `connect_timeout` for the first connection and subscription.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
         let bad = |e: RedisError| StoreError::Unavailable(format!("invalid redis settings: {e}"));
-        let first = settings
-            .urls
-            .first()
-            .ok_or_else(|| StoreError::Unavailable("no redis url configured".into()))?;
         let conn: Arc<ArcSwapOption<Conn>> = Arc::new(ArcSwapOption::empty());
         let mut tasks = Vec::new();
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(MAX_BACKOFF);
 
-        if settings.cluster {
-            let client = ClusterClientBuilder::new(settings.urls.clone())
-                .connection_timeout(settings.connect_timeout)
-                .response_timeout(settings.command_timeout)
-                .build()
-                .map_err(bad)?;
-            let connect_timeout = settings.connect_timeout;
-            // One attempt inline so a healthy cluster is usable when we return; if it
-            // fails, a background task keeps trying while calls answer `Unavailable`.
-            match tokio::time::timeout(connect_timeout, client.get_async_connection()).await {
-                Ok(Ok(c)) => conn.store(Some(Arc::new(Conn::Cluster(c)))),
-                _ => {
-                    tracing::warn!("redis cluster unreachable at start; retrying in background");
-                    let slot = conn.clone();
-                    let task = tokio::spawn(async move {
-                        let mut backoff = Duration::from_millis(100);
-                        loop {
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            if let Ok(Ok(c)) =
-                                tokio::time::timeout(connect_timeout, client.get_async_connection())
-                                    .await
-                            {
-                                slot.store(Some(Arc::new(Conn::Cluster(c))));
-                                return;
-                            }
-                        }
-                    });
-                    tasks.push(task.abort_handle());
+        // Sentinel: a follower task owns the master connection. Otherwise: the cluster
+        // connection or a standalone connection manager.
+        let pubsub_nodes = if let Some(sn) = &settings.sentinel {
+            let mut finder = MasterFinder::new(sn, settings.connect_timeout).map_err(bad)?;
+            let master = finder.master().await;
+            match &master {
+                Some(client) => {
+                    let manager = ConnectionManager::new_lazy_with_config(
+                        client.clone(),
+                        manager_config.clone(),
+                    )
+                    .map_err(bad)?;
+                    conn.store(Some(Arc::new(Conn::Single(manager))));
                 }
+                None => tracing::warn!(
+                    redis.master = %sn.master_name,
+                    "no Redis master from the sentinels at start; retrying in background"
+                ),
             }
+            let (master_tx, master_rx) = watch::channel(master);
+            let task = tokio::spawn(follow_master(
+                finder,
+                conn.clone(),
+                manager_config.clone(),
+                master_tx,
+            ));
+            tasks.push(task.abort_handle());
+            PubSubNodes::Sentinel(master_rx)
         } else {
-            let client = Client::open(first.as_str()).map_err(bad)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(settings.connect_timeout))
-                .set_response_timeout(Some(settings.command_timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(MAX_BACKOFF);
-            let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(bad)?;
-            conn.store(Some(Arc::new(Conn::Single(manager))));
-        }
+            let mut clients = Vec::new();
+            for url in &settings.urls {
+                clients.push(Client::open(url.as_str()).map_err(bad)?);
+            }
+            let Some(first) = clients.first().cloned() else {
+                return Err(StoreError::Unavailable("no redis url configured".into()));
+            };
+            if settings.cluster {
+                let client = ClusterClientBuilder::new(settings.urls.clone())
+                    .connection_timeout(settings.connect_timeout)
+                    .response_timeout(settings.command_timeout)
+                    .build()
+                    .map_err(bad)?;
+                let connect_timeout = settings.connect_timeout;
+                // One attempt inline so a healthy cluster is usable when we return; if it
+                // fails, a background task keeps trying while calls answer `Unavailable`.
+                match tokio::time::timeout(connect_timeout, client.get_async_connection()).await {
+                    Ok(Ok(c)) => conn.store(Some(Arc::new(Conn::Cluster(c)))),
+                    _ => {
+                        tracing::warn!(
+                            "redis cluster unreachable at start; retrying in background"
+                        );
+                        let slot = conn.clone();
+                        let task = tokio::spawn(async move {
+                            let mut backoff = Duration::from_millis(100);
+                            loop {
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                                if let Ok(Ok(c)) = tokio::time::timeout(
+                                    connect_timeout,
+                                    client.get_async_connection(),
+                                )
+                                .await
+                                {
+                                    slot.store(Some(Arc::new(Conn::Cluster(c))));
+                                    return;
+                                }
+                            }
+                        });
+                        tasks.push(task.abort_handle());
+                    }
+                }
+            } else {
+                let manager =
+                    ConnectionManager::new_lazy_with_config(first, manager_config).map_err(bad)?;
+                conn.store(Some(Arc::new(Conn::Single(manager))));
+            }
+            PubSubNodes::Fixed { clients, next: 0 }
+        };
 
-        let mut pubsub_clients = Vec::new();
-        for url in &settings.urls {
-            pubsub_clients.push(Client::open(url.as_str()).map_err(bad)?);
-        }
         let (invalidations, _) = broadcast::channel(INVALIDATION_CAPACITY);
         let (ready_tx, ready_rx) = watch::channel(false);
         let channel = format!("{}invalidate", settings.key_prefix);
         let task = tokio::spawn(pubsub_loop(
-            pubsub_clients,
+            pubsub_nodes,
             channel,
             invalidations.clone(),
             ready_tx,
@@ -315,6 +368,7 @@ impl RedisStore {
                 cas: Script::new(CAS_LUA),
                 usage: Script::new(USAGE_LUA),
                 count: Script::new(COUNT_LUA),
+                gcra: Script::new(GCRA_LUA),
             },
         };
         // Give a healthy Redis the chance to be fully ready when we return; a down one
@@ -400,6 +454,9 @@ impl RedisStore {
     fn k_crl(&self, owner: &str, start: u64) -> String {
         format!("{}crl:{{{owner}}}:{start}", self.prefix)
     }
+    fn k_rl(&self, id: &str) -> String {
+        format!("{}rl:{{{id}}}", self.prefix)
+    }
     fn k_audit(&self) -> String {
         format!("{}audit", self.prefix)
     }
@@ -440,6 +497,127 @@ impl RedisStore {
     }
 }
 
+/// Where the pub/sub connection goes: the configured nodes in turn, or the master
+/// the sentinels currently name.
+enum PubSubNodes {
+    /// Standalone URL or cluster seed nodes, tried round-robin (a PUBLISH on any
+    /// cluster node reaches subscribers on every node).
+    Fixed {
+        /// One client per URL.
+        clients: Vec<Client>,
+        /// Index of the next one to try.
+        next: usize,
+    },
+    /// The current master, as [`follow_master`] last found it.
+    Sentinel(watch::Receiver<Option<Client>>),
+}
+
+impl PubSubNodes {
+    /// The node to subscribe on next (`None`: no master known yet).
+    fn next(&mut self) -> Option<Client> {
+        match self {
+            PubSubNodes::Fixed { clients, next } => {
+                let c = clients.get(*next % clients.len().max(1)).cloned();
+                *next = next.wrapping_add(1);
+                c
+            }
+            PubSubNodes::Sentinel(master) => master.borrow_and_update().clone(),
+        }
+    }
+
+    /// Resolves when the node last returned by `next` stopped being the right one:
+    /// the master moved. Never for fixed nodes.
+    async fn moved(&mut self) {
+        match self {
+            PubSubNodes::Fixed { .. } => std::future::pending().await,
+            PubSubNodes::Sentinel(master) => {
+                if master.changed().await.is_err() {
+                    // The follower is gone (the store is being dropped).
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+/// Asks the sentinels which node is the master.
+struct MasterFinder {
+    /// redis-rs's sentinel client (keeps a connection per sentinel).
+    sentinel: Sentinel,
+    /// The monitored master's name.
+    name: String,
+    /// Credentials and db for the master.
+    node: SentinelNodeConnectionInfo,
+    /// Bound on one lookup (`connect_timeout`).
+    timeout: Duration,
+}
+
+impl MasterFinder {
+    fn new(settings: &SentinelSettings, timeout: Duration) -> Result<Self, RedisError> {
+        let mut info = RedisConnectionInfo::default().set_db(i64::from(settings.db));
+        if let Some(u) = &settings.master_username {
+            info = info.set_username(u);
+        }
+        if let Some(p) = &settings.master_password {
+            info = info.set_password(p);
+        }
+        let urls: Vec<&str> = settings.urls.iter().map(String::as_str).collect();
+        Ok(MasterFinder {
+            sentinel: Sentinel::build(urls)?,
+            name: settings.master_name.clone(),
+            node: SentinelNodeConnectionInfo::default().set_redis_connection_info(info),
+            timeout,
+        })
+    }
+
+    /// A client for the master the sentinels name (it has confirmed its role), or
+    /// `None` when no sentinel answered in time.
+    async fn master(&mut self) -> Option<Client> {
+        let find = self.sentinel.async_master_for(&self.name, Some(&self.node));
+        match tokio::time::timeout(self.timeout, find).await {
+            Ok(Ok(client)) => Some(client),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "sentinel master lookup failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// Polls the sentinels and, whenever the master moves, swaps in a connection to it
+/// and tells the pub/sub task (`master`) to resubscribe there.
+async fn follow_master(
+    mut finder: MasterFinder,
+    slot: Arc<ArcSwapOption<Conn>>,
+    config: ConnectionManagerConfig,
+    master: watch::Sender<Option<Client>>,
+) {
+    let addr_of = |c: &Client| c.get_connection_info().addr().to_string();
+    let mut current = master.borrow().as_ref().map(addr_of);
+    let mut tick = tokio::time::interval(SENTINEL_POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(client) = finder.master().await else {
+            continue;
+        };
+        let addr = addr_of(&client);
+        if current.as_deref() == Some(addr.as_str()) {
+            continue;
+        }
+        match ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+            Ok(manager) => {
+                tracing::info!(redis.master = %addr, "following the Redis master named by the sentinels");
+                slot.store(Some(Arc::new(Conn::Single(manager))));
+                master.send_replace(Some(client));
+                current = Some(addr);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect to the new Redis master"),
+        }
+    }
+}
+
 /// Subscribes once: returns the split connection after the subscription is confirmed.
 async fn subscribe_once(
     client: &Client,
@@ -461,7 +639,7 @@ async fn subscribe_once(
 /// pings to notice a dead peer, reconnects with backoff, and sends `All` after every
 /// subscription that follows a lost (or never made) one.
 async fn pubsub_loop(
-    clients: Vec<Client>,
+    mut nodes: PubSubNodes,
     channel: String,
     tx: broadcast::Sender<Invalidation>,
     ready: watch::Sender<bool>,
@@ -469,12 +647,12 @@ async fn pubsub_loop(
 ) {
     let mut lost = false;
     let mut backoff = Duration::from_millis(100);
-    let mut next = 0usize;
     loop {
-        let client = &clients[next % clients.len()];
-        next = next.wrapping_add(1);
-        let Some((mut sink, mut stream)) = subscribe_once(client, &channel, connect_timeout).await
-        else {
+        let subscribed = match nodes.next() {
+            Some(client) => subscribe_once(&client, &channel, connect_timeout).await,
+            None => None,
+        };
+        let Some((mut sink, mut stream)) = subscribed else {
             lost = true;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -499,6 +677,10 @@ async fn pubsub_loop(
                     {
                         let _ = tx.send(inv);
                     }
+                }
+                _ = nodes.moved() => {
+                    tracing::info!("Redis master moved; moving the invalidation subscription");
+                    break;
                 }
                 _ = ping.tick() => {
                     let alive = tokio::time::timeout(PUBSUB_PING_TIMEOUT, sink.ping::<Value>())
@@ -986,6 +1168,34 @@ impl TokenStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.query::<Value>(&redis::cmd("PING")).await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl GcraBackend for RedisStore {
+    /// One `EVALSHA` (the script is loaded once per server; `NOSCRIPT` falls back to
+    /// `EVAL`), bounded by the command timeout.
+    async fn gcra(&self, token_id: &str, params: GcraParams) -> Result<GcraOutcome, StoreError> {
+        let reply: Vec<i64> = self
+            .script(
+                &self.scripts.gcra,
+                &[&self.k_rl(token_id)],
+                &[params.interval_us.to_string(), params.burst.to_string()],
+            )
+            .await?;
+        let &[allowed, remaining, reset_us, retry_us] = reply.as_slice() else {
+            return Err(StoreError::Corrupt(format!(
+                "gcra script returned {} values",
+                reply.len()
+            )));
+        };
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Ok(GcraOutcome {
+            allowed: allowed == 1,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            reset: us(reset_us),
+            retry_after: us(retry_us),
+        })
     }
 }
 

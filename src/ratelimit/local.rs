@@ -1,4 +1,5 @@
-//! Per-token rate limits (governor GCRA, per replica) and the `RateLimit-*` headers.
+//! Per-replica limits (`rate_limit.mode: local`, and the fallback of `mode: redis`):
+//! governor GCRA in memory.
 //!
 //! Each token id gets its own direct limiter built from its override or the config
 //! default; a token whose limit changes gets a fresh limiter. Limiters live in a
@@ -19,64 +20,12 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::{RateHeaders, effective_spec};
 use crate::config::RateSpec;
 use crate::store::TokenRecord;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-
-/// Values of the `RateLimit-*` (and on 429 `Retry-After`) headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateHeaders {
-    /// Bucket size (`RateLimit-Limit`).
-    pub limit: u32,
-    /// Requests left right now (`RateLimit-Remaining`).
-    pub remaining: u32,
-    /// Time until the bucket is full again (`RateLimit-Reset`, seconds, rounded up).
-    pub reset: Duration,
-    /// Time until the next request would be allowed (zero when allowed).
-    pub retry_after: Duration,
-    /// The policy, for `RateLimit-Policy`.
-    pub spec: RateSpec,
-}
-
-static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-impl RateHeaders {
-    /// Writes `RateLimit-Limit`, `-Remaining`, `-Reset` and `-Policy`.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(LIMIT.clone(), HeaderValue::from(self.limit));
-        headers.insert(REMAINING.clone(), HeaderValue::from(self.remaining));
-        headers.insert(RESET.clone(), HeaderValue::from(ceil_secs(self.reset)));
-        let policy = format!(
-            "{};w={};burst={}",
-            self.spec.requests, self.spec.per_seconds, self.spec.burst
-        );
-        if let Ok(v) = HeaderValue::from_str(&policy) {
-            headers.insert(POLICY.clone(), v);
-        }
-    }
-
-    /// JSON form for whoami.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "limit": self.limit,
-            "remaining": self.remaining,
-            "resetSeconds": ceil_secs(self.reset),
-            "requests": self.spec.requests,
-            "perSeconds": self.spec.per_seconds,
-            "burst": self.spec.burst,
-        })
-    }
-}
 
 struct Entry {
     spec: RateSpec,
@@ -110,18 +59,6 @@ impl std::fmt::Debug for RateLimiters {
     }
 }
 
-/// The spec that applies to a token: its override, else the default.
-pub fn effective_spec(record: &TokenRecord, default: Option<RateSpec>) -> Option<RateSpec> {
-    match record.rate_limit {
-        Some(r) => Some(RateSpec {
-            requests: r.requests.max(1),
-            per_seconds: r.per_seconds.max(1),
-            burst: r.burst(),
-        }),
-        None => default,
-    }
-}
-
 fn quota(spec: RateSpec) -> Quota {
     let period = Duration::from_secs(u64::from(spec.per_seconds.max(1)));
     let interval = (period / spec.requests.max(1)).max(Duration::from_nanos(1));
@@ -146,12 +83,18 @@ impl RateLimiters {
     /// Counts one request for `record`. `Ok(None)`: unlimited. `Ok(Some)`: allowed,
     /// with header values. `Err`: rejected, with header values and retry time.
     pub fn check(&self, record: &TokenRecord) -> Result<Option<RateHeaders>, RateHeaders> {
-        let Some(spec) = effective_spec(record, self.default) else {
-            return Ok(None);
-        };
+        match effective_spec(record, self.default) {
+            Some(spec) => self.check_spec(&record.id, spec).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Counts one request of token `id` against `spec` (a token whose spec changed
+    /// gets a fresh bucket). Allocates only for a token's first request.
+    pub fn check_spec(&self, id: &str, spec: RateSpec) -> Result<RateHeaders, RateHeaders> {
         let found = self
             .limiters
-            .get(record.id.as_str())
+            .get(id)
             .filter(|e| e.spec == spec)
             .map(|e| e.value().clone());
         let entry = match found {
@@ -163,7 +106,7 @@ impl RateLimiters {
                         .with_middleware::<StateInformationMiddleware>(),
                     last_tick: AtomicU64::new(0),
                 });
-                self.limiters.insert(record.id.clone(), e.clone());
+                self.limiters.insert(id.to_owned(), e.clone());
                 e
             }
         };
@@ -174,13 +117,13 @@ impl RateLimiters {
         match entry.limiter.check() {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
-                Ok(Some(RateHeaders {
+                Ok(RateHeaders {
                     limit: spec.burst,
                     remaining,
                     reset: interval * spec.burst.saturating_sub(remaining),
                     retry_after: Duration::ZERO,
                     spec,
-                }))
+                })
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
@@ -216,7 +159,7 @@ impl RateLimiters {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::{RateLimit, TokenType};
 
@@ -320,26 +263,5 @@ mod tests {
         }
         assert_eq!(l.len(), 1, "the idle limiter is gone, the recent one stays");
         assert!(l.limiters.contains_key("busy"));
-    }
-
-    #[test]
-    fn headers_are_written() {
-        let mut h = HeaderMap::new();
-        RateHeaders {
-            limit: 10,
-            remaining: 4,
-            reset: Duration::from_millis(1500),
-            retry_after: Duration::ZERO,
-            spec: RateSpec {
-                requests: 10,
-                per_seconds: 1,
-                burst: 10,
-            },
-        }
-        .apply(&mut h);
-        assert_eq!(h["ratelimit-limit"], "10");
-        assert_eq!(h["ratelimit-remaining"], "4");
-        assert_eq!(h["ratelimit-reset"], "2");
-        assert_eq!(h["ratelimit-policy"], "10;w=1;burst=10");
     }
 }
