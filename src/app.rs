@@ -52,32 +52,42 @@ pub struct App {
     pub usage: Arc<UsageRecorder>,
     /// TLS for the data plane, when configured.
     pub tls: Option<Arc<TlsReloader>>,
+    /// TLS for the admin listener, when configured.
+    pub admin_tls: Option<Arc<TlsReloader>>,
     /// Applies the config file again (SIGHUP, `POST /v1/reload`).
     pub reloader: Arc<Reloader>,
 }
 
 impl App {
     /// Builds the app on an already opened store; `config_path` is the file reloads
-    /// read (`None` for `patgate dev`). Fails only when the configured TLS files are
-    /// unusable.
+    /// read (`None` for `patgate dev`). Fails only when the configured TLS files
+    /// (listeners' or upstreams') are unusable.
     pub fn with_store(
         settings: Arc<Settings>,
         store: Arc<dyn TokenStore>,
         config_path: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         let tls = match &settings.tls {
-            Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
+            Some(t) => Some(Arc::new(TlsReloader::new("tls", t.clone())?)),
+            None => None,
+        };
+        let admin_tls = match &settings.admin.tls {
+            Some(t) => Some(Arc::new(TlsReloader::new("admin.tls", t.clone())?)),
             None => None,
         };
         let cache = TokenCache::new(store.clone(), &settings.cache);
         let usage = Arc::new(UsageRecorder::new());
         let lifecycle = Lifecycle::new(store.clone(), cache.clone(), settings.tokens.clone());
-        let gateway = Arc::new(Gateway::new(settings.clone(), cache.clone(), usage.clone()));
+        let gateway = Arc::new(Gateway::new(
+            settings.clone(),
+            cache.clone(),
+            usage.clone(),
+        )?);
         let reloader = Arc::new(Reloader::new(
             config_path,
             gateway.clone(),
             settings.clone(),
-            tls.clone(),
+            [tls.clone(), admin_tls.clone()],
         ));
         let admin = Arc::new(Admin::new(
             lifecycle.clone(),
@@ -93,6 +103,7 @@ impl App {
             admin,
             usage,
             tls,
+            admin_tls,
             reloader,
         })
     }
@@ -134,6 +145,12 @@ impl App {
                 gateway.runtime().limiters.sweep();
             }
         });
+        // Certificates are re-read when their files change, not only on SIGHUP.
+        let cert_watchers: Vec<_> = [&self.tls, &self.admin_tls]
+            .into_iter()
+            .flatten()
+            .map(|t| t.spawn_watcher(crate::tls::WATCH_INTERVAL))
+            .collect();
         let (tx, rx) = watch::channel(false);
         let stop = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -150,7 +167,7 @@ impl App {
             admin,
             self.admin.clone(),
             opts,
-            None,
+            self.admin_tls.clone(),
             stop(rx),
         ));
         shutdown.await;
@@ -160,6 +177,9 @@ impl App {
         let _ = admin_task.await;
         flusher.abort();
         sweeper.abort();
+        for w in cert_watchers {
+            w.abort();
+        }
         invalidations.abort();
         match self.usage.flush(self.store.as_ref()).await {
             Ok(n) => tracing::info!(tokens = n, "usage flushed"),
@@ -233,7 +253,8 @@ pub struct Reloader {
     /// The settings the process started with: what a restart-only change is
     /// compared against.
     initial: Arc<Settings>,
-    tls: Option<Arc<TlsReloader>>,
+    /// The data plane's and the admin listener's certificates, when configured.
+    tls: [Option<Arc<TlsReloader>>; 2],
     /// Serialises reloads (a SIGHUP and an API call at once apply one after the other).
     lock: std::sync::Mutex<()>,
 }
@@ -252,7 +273,7 @@ impl Reloader {
         path: Option<PathBuf>,
         gateway: Arc<Gateway>,
         initial: Arc<Settings>,
-        tls: Option<Arc<TlsReloader>>,
+        tls: [Option<Arc<TlsReloader>>; 2],
     ) -> Self {
         Reloader {
             path,
@@ -319,18 +340,29 @@ impl Reloader {
             );
             new.tokens = initial.tokens.clone();
         }
-        if new.tls.is_some() != initial.tls.is_some() {
+        if new.tls.is_some() != initial.tls.is_some()
+            || new.admin.tls.is_some() != initial.admin.tls.is_some()
+        {
             warnings.push("turning TLS on or off needs a restart".to_string());
         }
-        if let Some(tls) = &self.tls
-            && let Err(e) = tls.reload(new.tls.as_ref())
-        {
-            tracing::error!(error = %e, "TLS reload failed; keeping the running certificate");
-            return Err(ReloadError::Rejected(vec![format!(
-                "config error: tls: {e:#}"
-            )]));
+        // Everything that can fail is built before anything is applied.
+        let new = Arc::new(new);
+        let runtime = crate::proxy::Runtime::new(new.clone()).map_err(|errors| {
+            ReloadError::Rejected(errors.0.iter().map(|e| e.to_string()).collect())
+        })?;
+        let [data_tls, admin_tls] = &self.tls;
+        for (tls, files) in [
+            (data_tls, new.tls.as_ref()),
+            (admin_tls, new.admin.tls.as_ref()),
+        ] {
+            if let Some(tls) = tls
+                && let Err(e) = tls.reload(files)
+            {
+                tracing::error!(error = %format!("{e:#}"), "TLS reload failed; keeping the running certificate");
+                return Err(ReloadError::Rejected(vec![format!("config error: {e:#}")]));
+            }
         }
-        self.gateway.reload(Arc::new(new));
+        self.gateway.install(runtime);
         Ok(warnings)
     }
 }

@@ -33,7 +33,7 @@ use crate::auth::{self, Identity, RequestFacts};
 use crate::body::{self, Body};
 use crate::cache::TokenCache;
 use crate::client_ip;
-use crate::config::{AuthMode, Settings};
+use crate::config::{AuthMode, ConfigErrors, Settings};
 use crate::error::{GatewayError, json_response};
 use crate::metrics::{RequestLabels, RouteLabels, metrics};
 use crate::ratelimit::RateLimiters;
@@ -52,33 +52,43 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds routes, pools and limiters from `settings`.
-    pub fn new(settings: Arc<Settings>) -> Self {
+    /// Builds routes, pools and limiters from `settings`. Reads the upstreams' TLS
+    /// files (blocking); fails with every unusable one.
+    pub fn new(settings: Arc<Settings>) -> Result<Self, ConfigErrors> {
         let mut pools: BTreeMap<String, Arc<UpstreamPool>> = BTreeMap::new();
-        let entries = settings
-            .routes
-            .iter()
-            .map(|route| {
-                let pool = pools
-                    .entry(route.upstream.name.clone())
-                    .or_insert_with(|| {
-                        Arc::new(UpstreamPool::new(
-                            (*route.upstream).clone(),
-                            settings.timeouts.idle,
-                        ))
-                    })
-                    .clone();
-                RouteEntry {
-                    route: route.clone(),
-                    pool,
+        let mut errors = Vec::new();
+        let mut entries = Vec::with_capacity(settings.routes.len());
+        for route in &settings.routes {
+            let name = &route.upstream.name;
+            let pool = match pools.get(name) {
+                Some(p) => p.clone(),
+                None => {
+                    match UpstreamPool::new((*route.upstream).clone(), settings.timeouts.idle) {
+                        Ok(p) => {
+                            let p = Arc::new(p);
+                            pools.insert(name.clone(), p.clone());
+                            p
+                        }
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    }
                 }
-            })
-            .collect();
-        Runtime {
+            };
+            entries.push(RouteEntry {
+                route: route.clone(),
+                pool,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Runtime {
             router: Router::new(entries),
             limiters: RateLimiters::new(settings.rate_limit.default),
             settings,
-        }
+        })
     }
 }
 
@@ -109,13 +119,18 @@ struct Outcome<'a> {
 }
 
 impl Gateway {
-    /// A gateway over `cache` with the given settings.
-    pub fn new(settings: Arc<Settings>, cache: TokenCache, usage: Arc<UsageRecorder>) -> Self {
-        Gateway {
-            runtime: ArcSwap::from_pointee(Runtime::new(settings)),
+    /// A gateway over `cache` with the given settings; fails when an upstream's TLS
+    /// files are unusable.
+    pub fn new(
+        settings: Arc<Settings>,
+        cache: TokenCache,
+        usage: Arc<UsageRecorder>,
+    ) -> Result<Self, ConfigErrors> {
+        Ok(Gateway {
+            runtime: ArcSwap::from_pointee(Runtime::new(settings)?),
             cache,
             usage,
-        }
+        })
     }
 
     /// The current runtime (config generation).
@@ -123,9 +138,10 @@ impl Gateway {
         self.runtime.load_full()
     }
 
-    /// Installs a new config generation; in-flight requests finish on the old one.
-    pub fn reload(&self, settings: Arc<Settings>) {
-        self.runtime.store(Arc::new(Runtime::new(settings)));
+    /// Installs a new config generation (built with [`Runtime::new`]); in-flight
+    /// requests finish on the old one.
+    pub fn install(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
     }
 
     /// The token cache.
