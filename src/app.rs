@@ -351,16 +351,22 @@ impl Reloader {
             ReloadError::Rejected(errors.0.iter().map(|e| e.to_string()).collect())
         })?;
         let [data_tls, admin_tls] = &self.tls;
+        let mut certs = Vec::new();
         for (tls, files) in [
             (data_tls, new.tls.as_ref()),
             (admin_tls, new.admin.tls.as_ref()),
         ] {
-            if let Some(tls) = tls
-                && let Err(e) = tls.reload(files)
-            {
-                tracing::error!(error = %format!("{e:#}"), "TLS reload failed; keeping the running certificate");
-                return Err(ReloadError::Rejected(vec![format!("config error: {e:#}")]));
+            let Some(tls) = tls else { continue };
+            match tls.prepare(files) {
+                Ok(cert) => certs.push((tls, cert)),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "TLS reload failed; keeping the running certificate");
+                    return Err(ReloadError::Rejected(vec![format!("config error: {e:#}")]));
+                }
             }
+        }
+        for (tls, cert) in certs {
+            tls.install(cert, false);
         }
         self.gateway.install(runtime);
         Ok(warnings)

@@ -111,6 +111,22 @@ fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// A listener certificate read and checked by [`TlsReloader::prepare`], not yet
+/// served.
+pub struct PreparedCert {
+    settings: TlsSettings,
+    config: Arc<ServerConfig>,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for PreparedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedCert")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
 /// The live certificate of one listener, swappable without dropping connections.
 pub struct TlsReloader {
     /// `tls` or `admin.tls`: names the section in messages.
@@ -173,16 +189,41 @@ impl TlsReloader {
     /// watched ones); on failure keeps the running certificate and returns why.
     /// Blocking file I/O (two small files).
     pub fn reload(&self, settings: Option<&TlsSettings>) -> anyhow::Result<()> {
+        let next = self.prepare(settings)?;
+        self.install(next, false);
+        Ok(())
+    }
+
+    /// Reads and checks the files (those of `settings` when given) without
+    /// serving them yet, so a config reload can check every listener before it
+    /// changes any. Blocking file I/O.
+    pub fn prepare(&self, settings: Option<&TlsSettings>) -> anyhow::Result<PreparedCert> {
         let settings = settings.cloned().unwrap_or_else(|| self.settings());
         let pem = PemPair::read(self.section, &settings)?;
         let config = server_config(self.section, &settings, &pem)?;
-        self.current.store(config);
-        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+        Ok(PreparedCert {
+            settings,
+            config,
+            digest: pem.digest,
+        })
+    }
+
+    /// Serves a prepared certificate to new connections. With `if_same_paths`
+    /// (the watcher), nothing happens when the paths changed meanwhile (a config
+    /// reload moved them), so a stale poll never undoes a reload. Returns whether it
+    /// was installed.
+    pub fn install(&self, next: PreparedCert, if_same_paths: bool) -> bool {
+        let mut settings = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+        if if_same_paths && *settings != next.settings {
+            return false;
+        }
+        self.current.store(next.config);
+        *settings = next.settings;
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Seen {
-            loaded: pem.digest,
+            loaded: next.digest,
             failed: None,
         };
-        Ok(())
+        true
     }
 
     /// Polls the files every `every` and reloads when their content changed; a bad
@@ -212,12 +253,16 @@ impl TlsReloader {
                 return;
             }
         }
-        match self.reload(None) {
-            Ok(()) => tracing::info!(
-                tls = self.section,
-                cert = %settings.cert.display(),
-                "TLS certificate files changed; new certificate loaded"
-            ),
+        match self.prepare(Some(&settings)) {
+            Ok(next) => {
+                if self.install(next, true) {
+                    tracing::info!(
+                        tls = self.section,
+                        cert = %settings.cert.display(),
+                        "TLS certificate files changed; new certificate loaded"
+                    );
+                }
+            }
             Err(e) => {
                 self.seen.lock().unwrap_or_else(|p| p.into_inner()).failed = Some(now);
                 tracing::error!(

@@ -400,6 +400,22 @@ routes:
     assert_eq!(get_json(&format!("{}/unknownca/x", gw.url)).await.0, 502);
     // The gateway still serves the good one afterwards.
     assert_eq!(get_json(&format!("{}/mtls/y", gw.url)).await.0, 200);
+
+    // A reload naming an unreadable CA is rejected with the field path; the
+    // running upstreams stay.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let missing = dir.path().join("missing-ca.pem").display().to_string();
+    let edited = text.replacen(&format!("ca: {ca}"), &format!("ca: {missing}"), 1);
+    assert_ne!(text, edited);
+    std::fs::write(&gw.config_path, edited).unwrap();
+    let (status, body) = AdminApi::new(&gw.admin_url).post("/v1/reload").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("config error: upstreams.mtls.tls.ca: cannot read"),
+        "{body}"
+    );
+    assert_eq!(get_json(&format!("{}/mtls/z", gw.url)).await.0, 200);
 }
 
 #[tokio::test]
