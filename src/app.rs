@@ -243,10 +243,12 @@ pub enum ReloadError {
 /// Re-reads the config file the process was started with and applies it to the
 /// running gateway: the one reload path, used by SIGHUP and `POST /v1/reload`.
 ///
-/// Applied: routes, upstreams, rate limits, identity headers, timeouts of new
-/// upstream requests, logging flags, and the TLS certificate. Kept until a restart
-/// (with a warning): listener addresses, store, token format and admin keys.
-/// In-flight requests finish on the generation they started with.
+/// Applied: routes, upstreams (their TLS files re-read), rate limits, identity
+/// headers, timeouts of new upstream requests, logging flags, and both listeners'
+/// certificates. Nothing is applied unless all of it could be built. Kept until a
+/// restart (with a warning): listener addresses, turning TLS on or off, store,
+/// token format and admin keys. In-flight requests finish on the generation they
+/// started with.
 pub struct Reloader {
     path: Option<PathBuf>,
     gateway: Arc<Gateway>,
