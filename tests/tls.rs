@@ -126,12 +126,23 @@ async fn tls_serves_http1_and_h2_and_reloads_certificates_on_sighup() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (code, meta, _) = curl(&url, &c2, &token, "--http1.1").await;
     assert_eq!((code, meta.as_str()), (0, "1.1 200"));
-    assert!(
-        gw.log_lines()
-            .iter()
-            .any(|l| l.contains("TLS reload failed; keeping the running certificate")),
-        "the failed reload is logged"
-    );
+    wait_for_log(&gw, "TLS reload failed; keeping the running certificate").await;
+}
+
+/// The first log line containing `needle`, waiting up to 5 s for it (the log is
+/// read by another thread).
+async fn wait_for_log(gw: &GatewayProcess, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(l) = gw.log_lines().into_iter().find(|l| l.contains(needle)) {
+            return l;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no log line with {needle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `host:port` of a `scheme://host:port` URL.
@@ -202,27 +213,11 @@ async fn changed_certificate_files_are_served_without_sighup_and_a_broken_one_is
     std::fs::rename(&next, &data).unwrap();
     wait_for_cert(&data_addr, &ca.pem, &two.der).await;
     wait_for_cert(&admin_addr, &ca.pem, &two.der).await;
-    assert!(
-        gw.log_lines()
-            .iter()
-            .any(|l| l.contains("TLS certificate files changed; new certificate loaded")),
-        "the reload is logged"
-    );
+    wait_for_log(&gw, "TLS certificate files changed; new certificate loaded").await;
 
     // A broken certificate: the running one stays, and the log says why.
     std::fs::write(b.join("tls.crt"), "not a certificate").unwrap();
-    let start = Instant::now();
-    let why = loop {
-        let logs = gw.log_lines();
-        if let Some(l) = logs.iter().find(|l| l.contains("are unusable")) {
-            break l.clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the broken file is not reported"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let why = wait_for_log(&gw, "are unusable").await;
     assert!(why.contains("keeping the running certificate"), "{why}");
     assert!(why.contains("no PEM certificate"), "{why}");
     assert!(!why.contains("PRIVATE KEY"), "{why}");
@@ -234,17 +229,13 @@ async fn changed_certificate_files_are_served_without_sighup_and_a_broken_one_is
     }
     // A key that does not match the certificate is refused the same way.
     std::fs::write(b.join("tls.crt"), &one.cert_pem).unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        pki::presented_cert(&data_addr, "localhost", &ca.pem).await,
-        Ok(two.der.clone())
-    );
-    assert!(
-        gw.log_lines()
-            .iter()
-            .any(|l| l.contains("do not form a usable pair")),
-        "the mismatch is logged"
-    );
+    wait_for_log(&gw, "do not form a usable pair").await;
+    for addr in [&data_addr, &admin_addr] {
+        assert_eq!(
+            pki::presented_cert(addr, "localhost", &ca.pem).await,
+            Ok(two.der.clone())
+        );
+    }
 }
 
 /// `curl` against the admin API with the test admin key; returns (exit code, status).
