@@ -297,14 +297,15 @@ async fn the_admin_api_speaks_https_and_the_cli_trusts_a_private_ca() {
     let (_, status) = admin_curl(&format!("{}/x", gw.url), None).await;
     assert_eq!(status, "404");
 
-    let cli = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new(binary())
-            .args(args)
+    let cli_env = |args: Vec<String>, ca_env: Option<String>| async move {
+        let mut cmd = tokio::process::Command::new(binary());
+        cmd.args(args)
             .env("PATGATE_ADMIN_KEY", ADMIN_KEY)
-            .env_remove("PATGATE_ADMIN_CA")
-            .output()
-            .await
-            .unwrap();
+            .env_remove("PATGATE_ADMIN_CA");
+        if let Some(ca) = ca_env {
+            cmd.env("PATGATE_ADMIN_CA", ca);
+        }
+        let out = cmd.output().await.unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -320,10 +321,13 @@ async fn the_admin_api_speaks_https_and_the_cli_trusts_a_private_ca() {
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
+    let cli = |args| cli_env(args, None);
     let ca_arg = ca_path.display().to_string();
     let (code, out, err) = cli(create(&["--ca-cert", &ca_arg])).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("pat_"), "{out}");
+    let (code, out, err) = cli_env(create(&[]), Some(ca_arg.clone())).await;
+    assert_eq!(code, 0, "$PATGATE_ADMIN_CA works too: {out}{err}");
     // Without the CA, the private certificate is not trusted.
     let (code, _, err) = cli(create(&[])).await;
     assert_eq!(code, 1, "{err}");
