@@ -20,6 +20,8 @@ use patgate::store::embedded::EmbeddedStore;
 use patgate::token::{self, TokenHash};
 
 fn bench(c: &mut Criterion) {
+    // As `serve` does: the request path reads the coarse clocks.
+    patgate::clock::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = format!(
         r#"

@@ -133,6 +133,7 @@ impl App {
         admin: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
+        crate::clock::start();
         let invalidations = self.cache.spawn_invalidation_listener();
         let flusher = self
             .usage

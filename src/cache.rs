@@ -18,7 +18,7 @@
 //! store call. Invalidations (local changes and the store's pub/sub) drop entries at
 //! once; an epoch counter keeps a fetch that raced an invalidation from being cached.
 //! Cost of a hit: one moka lookup (no allocation, no lock held across `await`; keys
-//! are hashed by [`HashKeyHasher`], freshness timed with quanta).
+//! are hashed by [`HashKeyHasher`], freshness timed with [`crate::clock::recent`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ impl Slot {
     fn new(value: Option<Lookup>) -> Self {
         Slot {
             value: value.map(Arc::new),
-            fetched: Instant::now(),
+            fetched: crate::clock::recent(),
             refreshing: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -169,7 +169,7 @@ impl TokenCache {
             match &slot.value {
                 Some(_) => {
                     metrics().cache_hits.inc();
-                    if slot.fetched.elapsed() >= inner.ttl {
+                    if crate::clock::recent().saturating_duration_since(slot.fetched) >= inner.ttl {
                         metrics().cache_stale_served.inc();
                         self.refresh_token(hash, &slot);
                     }

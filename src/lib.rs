@@ -24,6 +24,7 @@
 //! - [`tls`]: TLS both ways (rustls): listener certificates reloaded on change, the
 //!   client config for upstreams and the CLI.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics` on the admin listener).
+//! - [`clock`]: coarse clocks (an atomic load) for the request path.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -34,6 +35,7 @@ pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod error;

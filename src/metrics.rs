@@ -7,7 +7,7 @@
 //! reasons from a fixed list — never token ids or client addresses.
 //! Cost on the request path: a few relaxed atomic adds and one family lookup.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Route name (`""` when no route matched).
-    pub route: String,
+    pub route: Arc<str>,
     /// Response status code.
     pub status: u16,
     /// `allowed`, `none` (auth: none route) or the deny reason.
@@ -31,7 +31,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// Route name.
-    pub route: String,
+    pub route: Arc<str>,
 }
 
 /// Labels of `patgate_config_reloads_total`.

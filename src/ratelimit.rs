@@ -5,7 +5,8 @@
 //! sharded map; [`RateLimiters::sweep`] (run every minute) drops the ones idle for
 //! longer than their bucket needs to refill, so forgetting them loses nothing.
 //! Cost on the request path: one map lookup (no allocation and no clock read once the
-//! token has a limiter) and one lock-free GCRA update.
+//! token has a limiter) and one lock-free GCRA update (precise clock: see
+//! [`crate::clock`] for why not the coarse one).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -6,7 +6,9 @@
 //! Service does not expose the app's loopback port.
 //!
 //! No Docker engine or cluster is needed: everything is parsed from the files.
-//! `scripts/check-deploy` runs the same config checks from the shell.
+//! Every manifest is also checked against the Kubernetes API schema
+//! (`scripts/k8s-schema-check.py`, over the types of Debian's `python3-kubernetes`).
+//! `scripts/check-deploy` runs the same checks from the shell.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1018,4 +1020,82 @@ fn docker_compose_runs_the_gateway_with_redis_and_a_valid_config() {
         ports.contains(&"127.0.0.1:9091:9091"),
         "admin port only on the host's loopback: {ports:?}"
     );
+}
+
+// ------------------------------------------------------------------ schema
+
+/// A python3 that has the Kubernetes client's API types (`python3-kubernetes`).
+fn python_with_k8s_schema() -> String {
+    for py in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(py)
+            .args(["-c", "import kubernetes.client, yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return py.to_string();
+        }
+    }
+    panic!(
+        "the manifest schema check needs python3 with the `kubernetes` and `yaml` modules: \
+         sudo apt-get install -y python3-kubernetes python3-yaml (scripts/test installs them as root)"
+    );
+}
+
+fn schema_check(files: &[PathBuf]) -> (bool, String) {
+    let out = Command::new(python_with_k8s_schema())
+        .arg(root().join("scripts/k8s-schema-check.py"))
+        .args(files)
+        .output()
+        .expect("run scripts/k8s-schema-check.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn every_manifest_matches_the_kubernetes_api_schema() {
+    let mut files: Vec<PathBuf> = deploy_docs()
+        .into_iter()
+        .map(|(f, _)| root().join(f))
+        .collect();
+    files.dedup();
+    let (ok, out) = schema_check(&files);
+    assert!(ok, "schema check failed:\n{out}");
+    let checked = out.lines().filter(|l| l.starts_with("ok ")).count();
+    assert!(checked >= 10, "too few objects checked:\n{out}");
+    assert!(
+        out.contains("Deployment patgate matches the apps/v1 schema"),
+        "{out}"
+    );
+
+    // The check can fail: a misspelt field, a string where an integer belongs and a
+    // missing required field in a copy of the gateway Deployment are each reported.
+    let dir = tempfile::tempdir().unwrap();
+    let original = read("deploy/gateway/deployment.yaml");
+    let broken = [
+        (
+            "readinessProbe:",
+            "readinesProbe:",
+            "unknown field of V1Container",
+        ),
+        ("replicas: 2", "replicas: \"2\"", "expected an integer"),
+        (
+            "containerPort:",
+            "port:",
+            "required field of V1ContainerPort is missing",
+        ),
+    ];
+    for (i, (from, to, expect)) in broken.iter().enumerate() {
+        assert!(original.contains(from), "deployment.yaml has no `{from}`");
+        let path = dir.path().join(format!("broken{i}.yaml"));
+        std::fs::write(&path, original.replacen(from, to, 1)).unwrap();
+        let (ok, out) = schema_check(&[path]);
+        assert!(
+            !ok && out.contains(expect),
+            "`{from}` -> `{to}` not caught:\n{out}"
+        );
+    }
 }

@@ -19,21 +19,30 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Deny> {
     if values.next().is_some() {
         return Err(Deny::Malformed(token::FormatError::WrongLength));
     }
-    // `to_str` admits visible ASCII, space and tab only: no zero-width tricks survive.
-    let value = value
-        .to_str()
-        .map_err(|_| Deny::Malformed(token::FormatError::InvalidCharacter))?;
-    let scheme = value.get(..7).ok_or(Deny::Missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer ") {
+    let bytes = value.as_bytes();
+    let scheme = bytes.get(..7).ok_or(Deny::Missing)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return Err(Deny::Missing);
     }
-    let tok = value[7..].trim_start_matches(' ');
+    let start = bytes[7..]
+        .iter()
+        .position(|&b| b != b' ')
+        .map_or(bytes.len(), |i| 7 + i);
+    let tok = &bytes[start..];
     if tok.is_empty() || tok.len() > MAX_TOKEN_LEN {
         return Err(Deny::Malformed(token::FormatError::WrongLength));
     }
-    if tok.bytes().any(|b| b == b' ' || b == b'\t') {
+    // Visible ASCII only (no space, tab, DEL or non-ASCII: no zero-width tricks), in
+    // one branch-free pass the compiler vectorises.
+    let visible = tok
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e));
+    if !visible {
         return Err(Deny::Malformed(token::FormatError::InvalidCharacter));
     }
+    // All ASCII, so this cannot fail; the check is a fast word-at-a-time scan.
+    let tok = std::str::from_utf8(tok)
+        .map_err(|_| Deny::Malformed(token::FormatError::InvalidCharacter))?;
     Ok(tok)
 }
 
@@ -91,6 +100,18 @@ mod tests {
             bearer(&headers(&[b"Bearer pat x"])),
             Err(Deny::Malformed(_))
         ));
+        for bad in [&b"Bearer pat_x\t"[..], b"Bearer pat_\xffx"] {
+            assert_eq!(
+                bearer(&headers(&[bad])),
+                Err(Deny::Malformed(token::FormatError::InvalidCharacter)),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            bearer(&headers(&[b"Bearer    "])),
+            Err(Deny::Malformed(token::FormatError::WrongLength))
+        );
+        assert_eq!(bearer(&headers(&[b"Bearer !~"])), Ok("!~"));
         let long = format!("Bearer {}", "a".repeat(600));
         assert!(matches!(
             bearer(&headers(&[long.as_bytes()])),

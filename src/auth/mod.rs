@@ -105,7 +105,7 @@ pub async fn authenticate(
         .await
         .map_err(|_| Deny::BackendUnavailable)?
         .ok_or(Deny::Unknown)?;
-    state::check(&lookup, jiff::Timestamp::now)?;
+    state::check(&lookup, crate::clock::wall)?;
     let owner_disabled = cache
         .owner_disabled(&lookup.record.owner_id)
         .await

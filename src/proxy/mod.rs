@@ -49,6 +49,10 @@ pub struct Runtime {
     pub router: Router,
     /// Rate limiters (per replica).
     pub limiters: RateLimiters,
+    /// The route label of requests no route matched (`""`).
+    unrouted: Arc<str>,
+    /// The route label of whoami requests.
+    whoami: Arc<str>,
 }
 
 impl Runtime {
@@ -78,6 +82,7 @@ impl Runtime {
             };
             entries.push(RouteEntry {
                 route: route.clone(),
+                name: Arc::from(route.name.as_str()),
                 pool,
             });
         }
@@ -86,6 +91,8 @@ impl Runtime {
         }
         Ok(Runtime {
             router: Router::new(entries),
+            unrouted: Arc::from(""),
+            whoami: Arc::from("whoami"),
             limiters: RateLimiters::new(settings.rate_limit.default),
             settings,
         })
@@ -194,7 +201,7 @@ impl Gateway {
             }
         };
         if let Some(id) = &identity {
-            self.usage.record(&id.record().id, jiff::Timestamp::now());
+            self.usage.record(&id.record().id, crate::clock::wall());
         }
         let outcome = match (deny, &identity) {
             (Some(reason), _) => reason,
@@ -238,13 +245,15 @@ impl Gateway {
         mut req: Request<Incoming>,
         conn: ConnInfo,
         client_ip: IpAddr,
-    ) -> Result<(Response<Body>, String, Option<Identity>), (GatewayError, String, Option<Identity>)>
-    {
+    ) -> Result<
+        (Response<Body>, Arc<str>, Option<Identity>),
+        (GatewayError, Arc<str>, Option<Identity>),
+    > {
         let settings = &rt.settings;
         let Some(norm) = path::normalize(req.uri().path()) else {
             return Err((
                 GatewayError::BadRequest("Invalid request path"),
-                String::new(),
+                rt.unrouted.clone(),
                 None,
             ));
         };
@@ -269,9 +278,9 @@ impl Gateway {
             {
                 Ok(identity) => {
                     let resp = whoami(&identity);
-                    Ok((resp, "whoami".into(), Some(identity)))
+                    Ok((resp, rt.whoami.clone(), Some(identity)))
                 }
-                Err(d) => Err((GatewayError::Denied(d), "whoami".into(), None)),
+                Err(d) => Err((GatewayError::Denied(d), rt.whoami.clone(), None)),
             };
         }
 
@@ -282,10 +291,10 @@ impl Gateway {
             .and_then(|v| v.to_str().ok());
         let host = router::request_host(req.uri().host(), host_header);
         let Some(entry) = rt.router.find(host.as_deref(), &norm, req.method()) else {
-            return Err((GatewayError::NoRoute, String::new(), None));
+            return Err((GatewayError::NoRoute, rt.unrouted.clone(), None));
         };
         let route = &entry.route;
-        let route_name = route.name.clone();
+        let route_name = entry.name.clone();
 
         // authenticate
         let identity = match route.auth {
@@ -447,7 +456,7 @@ impl Gateway {
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    route: String,
+    route: Arc<str>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,

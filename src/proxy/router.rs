@@ -16,6 +16,8 @@ use crate::proxy::upstream::UpstreamPool;
 pub struct RouteEntry {
     /// The configured route.
     pub route: Route,
+    /// Its name, shared: requests carry it to metrics and logs without a copy.
+    pub name: Arc<str>,
     /// Where it forwards.
     pub pool: Arc<UpstreamPool>,
 }

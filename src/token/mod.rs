@@ -201,7 +201,7 @@ pub fn parse(token: &str, prefix: &str) -> Result<(), FormatError> {
     if body.len() != BODY_LEN {
         return Err(FormatError::WrongLength);
     }
-    if !body.iter().all(u8::is_ascii_alphanumeric) {
+    if !all_base62(body) {
         return Err(FormatError::InvalidCharacter);
     }
     let (random, sum) = body.split_at(RANDOM_LEN);
@@ -210,6 +210,17 @@ pub fn parse(token: &str, prefix: &str) -> Result<(), FormatError> {
         return Err(FormatError::ChecksumMismatch);
     }
     Ok(())
+}
+
+/// Whether every byte is `[0-9A-Za-z]`. Branch-free (no early exit), so the compiler
+/// vectorises it: a per-byte `is_ascii_alphanumeric` loop was a tenth of a cached auth
+/// decision.
+fn all_base62(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |ok, &b| {
+        ok & ((b.wrapping_sub(b'0') < 10)
+            | (b.wrapping_sub(b'A') < 26)
+            | (b.wrapping_sub(b'a') < 26))
+    })
 }
 
 /// The first [`DISPLAY_PREFIX_LEN`] characters of a token: safe to log and show.
@@ -227,6 +238,19 @@ pub fn display_prefix(token: &str) -> &str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn all_base62_matches_is_ascii_alphanumeric_for_every_byte() {
+        for b in 0..=255u8 {
+            assert_eq!(all_base62(&[b]), b.is_ascii_alphanumeric(), "byte {b}");
+            assert_eq!(
+                all_base62(&[b'a', b, b'Z']),
+                b.is_ascii_alphanumeric(),
+                "byte {b}"
+            );
+        }
+        assert!(all_base62(b""));
+    }
 
     #[test]
     fn generated_token_has_prefix_body_and_checksum() {
