@@ -77,14 +77,16 @@ pub struct App {
     pub usage: Arc<UsageRecorder>,
     /// TLS for the data plane, when configured.
     pub tls: Option<Arc<TlsReloader>>,
+    /// TLS for the admin listener, when configured.
+    pub admin_tls: Option<Arc<TlsReloader>>,
     /// Applies the config file again (SIGHUP, `POST /v1/reload`).
     pub reloader: Arc<Reloader>,
 }
 
 impl App {
     /// Builds the app on an already opened store; `config_path` is the file reloads
-    /// read (`None` for `patgate dev`). Fails only when the configured TLS files are
-    /// unusable.
+    /// read (`None` for `patgate dev`). Fails only when the configured TLS files
+    /// (listeners' or upstreams') are unusable.
     pub fn with_store(
         settings: Arc<Settings>,
         store: impl Into<OpenedStore>,
@@ -95,7 +97,11 @@ impl App {
             gcra,
         } = store.into();
         let tls = match &settings.tls {
-            Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
+            Some(t) => Some(Arc::new(TlsReloader::new("tls", t.clone())?)),
+            None => None,
+        };
+        let admin_tls = match &settings.admin.tls {
+            Some(t) => Some(Arc::new(TlsReloader::new("admin.tls", t.clone())?)),
             None => None,
         };
         let cache = TokenCache::new(store.clone(), &settings.cache);
@@ -106,12 +112,12 @@ impl App {
             cache.clone(),
             usage.clone(),
             gcra,
-        ));
+        )?);
         let reloader = Arc::new(Reloader::new(
             config_path,
             gateway.clone(),
             settings.clone(),
-            tls.clone(),
+            [tls.clone(), admin_tls.clone()],
         ));
         let admin = Arc::new(Admin::new(
             lifecycle.clone(),
@@ -127,6 +133,7 @@ impl App {
             admin,
             usage,
             tls,
+            admin_tls,
             reloader,
         })
     }
@@ -169,6 +176,12 @@ impl App {
                 gateway.runtime().limiters.sweep();
             }
         });
+        // Certificates are re-read when their files change, not only on SIGHUP.
+        let cert_watchers: Vec<_> = [&self.tls, &self.admin_tls]
+            .into_iter()
+            .flatten()
+            .map(|t| t.spawn_watcher(crate::tls::WATCH_INTERVAL))
+            .collect();
         let (tx, rx) = watch::channel(false);
         let stop = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -185,7 +198,7 @@ impl App {
             admin,
             self.admin.clone(),
             opts,
-            None,
+            self.admin_tls.clone(),
             stop(rx),
         ));
         shutdown.await;
@@ -195,6 +208,9 @@ impl App {
         let _ = admin_task.await;
         flusher.abort();
         sweeper.abort();
+        for w in cert_watchers {
+            w.abort();
+        }
         invalidations.abort();
         match self.usage.flush(self.store.as_ref()).await {
             Ok(n) => tracing::info!(tokens = n, "usage flushed"),
@@ -253,17 +269,20 @@ pub enum ReloadError {
 /// Re-reads the config file the process was started with and applies it to the
 /// running gateway: the one reload path, used by SIGHUP and `POST /v1/reload`.
 ///
-/// Applied: routes, upstreams, rate limits, identity headers, timeouts of new
-/// upstream requests, logging flags, and the TLS certificate. Kept until a restart
-/// (with a warning): listener addresses, store, token format and admin keys.
-/// In-flight requests finish on the generation they started with.
+/// Applied: routes, upstreams (their TLS files re-read), rate limits, identity
+/// headers, timeouts of new upstream requests, logging flags, and both listeners'
+/// certificates. Nothing is applied unless all of it could be built. Kept until a
+/// restart (with a warning): listener addresses, turning TLS on or off, store,
+/// token format and admin keys. In-flight requests finish on the generation they
+/// started with.
 pub struct Reloader {
     path: Option<PathBuf>,
     gateway: Arc<Gateway>,
     /// The settings the process started with: what a restart-only change is
     /// compared against.
     initial: Arc<Settings>,
-    tls: Option<Arc<TlsReloader>>,
+    /// The data plane's and the admin listener's certificates, when configured.
+    tls: [Option<Arc<TlsReloader>>; 2],
     /// Serialises reloads (a SIGHUP and an API call at once apply one after the other).
     lock: std::sync::Mutex<()>,
 }
@@ -282,7 +301,7 @@ impl Reloader {
         path: Option<PathBuf>,
         gateway: Arc<Gateway>,
         initial: Arc<Settings>,
-        tls: Option<Arc<TlsReloader>>,
+        tls: [Option<Arc<TlsReloader>>; 2],
     ) -> Self {
         Reloader {
             path,
@@ -349,18 +368,35 @@ impl Reloader {
             );
             new.tokens = initial.tokens.clone();
         }
-        if new.tls.is_some() != initial.tls.is_some() {
+        if new.tls.is_some() != initial.tls.is_some()
+            || new.admin.tls.is_some() != initial.admin.tls.is_some()
+        {
             warnings.push("turning TLS on or off needs a restart".to_string());
         }
-        if let Some(tls) = &self.tls
-            && let Err(e) = tls.reload(new.tls.as_ref())
-        {
-            tracing::error!(error = %e, "TLS reload failed; keeping the running certificate");
-            return Err(ReloadError::Rejected(vec![format!(
-                "config error: tls: {e:#}"
-            )]));
+        // Everything that can fail is built before anything is applied.
+        let new = Arc::new(new);
+        let runtime = self.gateway.runtime_for(new.clone()).map_err(|errors| {
+            ReloadError::Rejected(errors.0.iter().map(|e| e.to_string()).collect())
+        })?;
+        let [data_tls, admin_tls] = &self.tls;
+        let mut certs = Vec::new();
+        for (tls, files) in [
+            (data_tls, new.tls.as_ref()),
+            (admin_tls, new.admin.tls.as_ref()),
+        ] {
+            let Some(tls) = tls else { continue };
+            match tls.prepare(files) {
+                Ok(cert) => certs.push((tls, cert)),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "TLS reload failed; keeping the running certificate");
+                    return Err(ReloadError::Rejected(vec![format!("config error: {e:#}")]));
+                }
+            }
         }
-        self.gateway.reload(Arc::new(new));
+        for (tls, cert) in certs {
+            tls.install(cert, false);
+        }
+        self.gateway.install(runtime);
         Ok(warnings)
     }
 }

@@ -23,7 +23,8 @@
 //! - [`client_ip`]: the client IP behind trusted proxies.
 //! - [`body`]: the body type and the streaming body-size limit.
 //! - [`app`]: wiring, signals, drain.
-//! - [`tls`]: TLS termination (rustls) with certificate reload.
+//! - [`tls`]: TLS both ways (rustls): listener certificates reloaded on change, the
+//!   client config for upstreams and the CLI.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics` on the admin listener).
 //! - [`clock`]: coarse clocks (an atomic load) for the request path.
 #![forbid(unsafe_code)]

@@ -1,6 +1,6 @@
 //! End-to-end serving behaviour of the real `patgate` binary: connection limits and
-//! timeouts (raw TCP), `POST /v1/reload`, and upstream passive health with safe
-//! retries.
+//! timeouts (raw TCP), `POST /v1/reload`, upstream passive health with safe
+//! retries, and HTTP/2 without TLS (h2c with prior knowledge) on both sides.
 
 mod common;
 
@@ -447,12 +447,18 @@ routes:
         let r = http.post(&url).body("payload").send().await.unwrap();
         assert_eq!(r.status(), 200, "POST #{i}");
     }
-    let skipped = gw
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains("upstream address failing; skipping it"))
-        .count();
-    assert_eq!(skipped, 1, "{:?}", gw.log_lines());
+    // The log is read by another thread: give it a moment on a loaded machine.
+    let skipped = || {
+        gw.log_lines()
+            .iter()
+            .filter(|l| l.contains("upstream address failing; skipping it"))
+            .count()
+    };
+    let start = Instant::now();
+    while skipped() == 0 && start.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(skipped(), 1, "{:?}", gw.log_lines());
 }
 
 #[tokio::test]
@@ -491,4 +497,51 @@ routes:
         "the first POST hits the dead address: {statuses:?}"
     );
     assert!(statuses[1..].iter().all(|&s| s == 200), "{statuses:?}");
+}
+
+/// `curl` with an HTTP-version flag; returns ("<http_version> <status>", body).
+async fn curl_version(url: &str, version: &str) -> (String, serde_json::Value) {
+    // Async: the upstream runs on this test's runtime and must keep serving.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", version])
+        .args(["-w", "\n%{http_version} %{http_code}", url])
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, meta) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (
+        meta.to_string(),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_works_from_clients_and_to_upstreams_that_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::start(&format!(
+        r#"
+store: {{backend: embedded, embedded: {{path: {}}}}}
+upstreams:
+  h2c: {{url: "{url}", http2: true}}
+  h1: {{url: "{url}"}}
+routes:
+  - {{name: h2c, path_prefix: /h2c, upstream: h2c, auth: none}}
+  - {{name: h1, path_prefix: /h1, upstream: h1, auth: none}}
+"#,
+        dir.path().join("s.redb").display(),
+        url = upstream.url()
+    ));
+    // Client → patgate: h2c with prior knowledge, and HTTP/1.1.
+    let (meta, echo) = curl_version(&format!("{}/h2c/x", gw.url), "--http2-prior-knowledge").await;
+    assert_eq!(meta, "2 200", "{echo}");
+    // patgate → upstream: HTTP/2 only where the upstream opted in.
+    assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+    let (meta, echo) = curl_version(&format!("{}/h1/x", gw.url), "--http2-prior-knowledge").await;
+    assert_eq!(meta, "2 200", "{echo}");
+    assert_eq!(echo["version"], "HTTP/1.1", "{echo}");
+    let (meta, echo) = curl_version(&format!("{}/h2c/y", gw.url), "--http1.1").await;
+    assert_eq!(meta, "1.1 200", "{echo}");
+    assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
 }

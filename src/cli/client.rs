@@ -1,5 +1,7 @@
-//! A minimal admin-API client for the CLI (hyper-util, plain HTTP), and the options
-//! every admin-API subcommand shares (`--admin-url`, `--config`, `$PATGATE_ADMIN_KEY`).
+//! A minimal admin-API client for the CLI (hyper-util; `http://`, or `https://`
+//! verified against the system roots or `--ca-cert`), and the options every
+//! admin-API subcommand shares (`--admin-url`, `--ca-cert`, `--config`,
+//! `$PATGATE_ADMIN_KEY`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +10,7 @@ use bytes::Bytes;
 use clap::Args;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -18,22 +21,27 @@ use super::DEFAULT_CONFIG;
 /// Where the admin API is, for `patgate token` and `patgate audit`.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
-    /// Admin API base URL (default: http:// + the config's admin.listen).
+    /// Admin API base URL (default: the config's admin.listen, over https:// when
+    /// admin.tls is set).
     #[arg(long, global = true)]
     pub admin_url: Option<String>,
+    /// PEM CA bundle to verify an https:// admin API with (default: system roots).
+    #[arg(long, env = "PATGATE_ADMIN_CA", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Config file (only read to find admin.listen).
     #[arg(long, env = "PATGATE_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
     pub config: PathBuf,
 }
 
 impl AdminArgs {
-    /// `--admin-url`, else `http://` + the config's `admin.listen`, else the default
-    /// listener.
+    /// `--admin-url`, else the config's `admin.listen` (`https://` when `admin.tls`
+    /// is set), else the default listener.
     pub fn url(&self) -> String {
         if let Some(u) = &self.admin_url {
             return u.clone();
         }
         match crate::config::load(&self.config) {
+            Ok(s) if s.admin.tls.is_some() => format!("https://{}", s.admin.listen),
             Ok(s) => format!("http://{}", s.admin.listen),
             Err(_) => "http://127.0.0.1:9091".into(),
         }
@@ -46,7 +54,10 @@ impl AdminArgs {
             eprintln!("error: set PATGATE_ADMIN_KEY to an admin key (see `patgate admin-key new`)");
             return Err(ExitCode::from(2));
         };
-        Ok(AdminClient::new(&self.url(), key))
+        AdminClient::new(&self.url(), key, self.ca_cert.as_deref()).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        })
     }
 }
 
@@ -77,17 +88,30 @@ pub fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
 pub struct AdminClient {
     base: String,
     key: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl AdminClient {
-    /// `base` like `http://127.0.0.1:9091`.
-    pub fn new(base: &str, key: String) -> Self {
-        AdminClient {
+    /// `base` like `http://127.0.0.1:9091` or `https://admin.internal:9091`; an
+    /// `https://` one is verified against `ca` (PEM) or the system roots. Fails when
+    /// `ca` is unusable.
+    pub fn new(base: &str, key: String, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let files = crate::tls::ClientFiles {
+            ca,
+            ..Default::default()
+        };
+        let tls = crate::tls::client_config("admin client", files)
+            .map_err(|e| anyhow::anyhow!("--ca-cert: {}", e.reason))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .build();
+        Ok(AdminClient {
             base: base.trim_end_matches('/').to_string(),
             key,
-            http: Client::builder(TokioExecutor::new()).build_http(),
-        }
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        })
     }
 
     /// Sends a request; returns status and parsed JSON (Null for an empty body).

@@ -72,6 +72,7 @@ pub(crate) struct RawTls {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAdmin {
     pub listen: Option<String>,
+    pub tls: Option<RawTls>,
     pub api_keys: Option<Vec<RawAdminKey>>,
     pub api_keys_env: Option<String>,
 }
@@ -258,6 +259,18 @@ pub(crate) struct RawUpstream {
     pub max_fails: Option<u32>,
     #[serde(deserialize_with = "opt_num")]
     pub fail_timeout_seconds: Option<u64>,
+    pub tls: Option<RawUpstreamTls>,
+    #[serde(deserialize_with = "opt_bool")]
+    pub http2: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

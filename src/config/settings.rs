@@ -65,6 +65,8 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Accepted admin keys, by SHA-256.
     pub api_keys: Vec<AdminKey>,
+    /// TLS on the admin listener (default none: plain HTTP).
+    pub tls: Option<TlsSettings>,
 }
 
 /// One admin key: a name for audit records and the SHA-256 of the key.
@@ -310,6 +312,27 @@ pub struct Upstream {
     pub max_fails: u32,
     /// How long an address that reached `max_fails` is skipped (default 10 s).
     pub fail_timeout: Duration,
+    /// Trust and client identity for `https://` addresses (default: the system's CA
+    /// roots, no client certificate).
+    pub tls: Option<UpstreamTls>,
+    /// Speak HTTP/2 only: h2c with prior knowledge to `http://` addresses, ALPN `h2`
+    /// only to `https://` ones (default false: HTTP/1.1, or whatever ALPN picks).
+    pub http2: bool,
+}
+
+/// TLS to an upstream: which CA to trust and which certificate to present (mTLS).
+/// Files are read when the upstream's client is built (start-up and reload).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTls {
+    /// PEM CA bundle trusted instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate chain (with `key`).
+    pub cert: Option<PathBuf>,
+    /// PEM client private key (with `cert`).
+    pub key: Option<PathBuf>,
+    /// Name verified in the upstream's certificate (and sent as SNI) instead of the
+    /// URL's host.
+    pub server_name: Option<String>,
 }
 
 /// Timeouts.

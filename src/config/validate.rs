@@ -238,7 +238,7 @@ fn parse_sections(map: serde_yaml::Mapping, cx: &mut Ctx) -> RawConfig {
 /// and limits before routes, store before rate limits).
 fn build(mut raw: RawConfig, env: EnvLookup<'_>, cx: &mut Ctx) -> Settings {
     let listen = socket_addr(cx, "listen", raw.listen.as_deref(), DEFAULT_LISTEN);
-    let tls = tls(cx, raw.tls.take());
+    let tls = tls(cx, "tls", raw.tls.take());
     let admin = admin(cx, raw.admin.take().unwrap_or_default(), env, listen);
     let store = store(cx, raw.store.take().unwrap_or_default());
     let cache = cache(cx, raw.cache.take().unwrap_or_default());
@@ -519,12 +519,13 @@ pub(crate) fn parse_path_param(s: &str) -> Result<PathParam, String> {
 
 // ---------------------------------------------------------------- sections
 
-fn tls(cx: &mut Ctx, raw: Option<raw::RawTls>) -> Option<TlsSettings> {
+/// A listener's `tls` section (`tls` or `admin.tls`): both files required.
+fn tls(cx: &mut Ctx, section: &str, raw: Option<raw::RawTls>) -> Option<TlsSettings> {
     let raw = raw?;
     let mut file = |name: &str, v: Option<String>| match v {
         Some(p) if !p.trim().is_empty() => PathBuf::from(p),
         _ => {
-            cx.err(format!("tls.{name}"), "is required (a PEM file path)");
+            cx.err(format!("{section}.{name}"), "is required (a PEM file path)");
             PathBuf::new()
         }
     };
@@ -626,6 +627,7 @@ fn admin(cx: &mut Ctx, raw: raw::RawAdmin, env: EnvLookup<'_>, data: SocketAddr)
     AdminSettings {
         listen,
         api_keys: api_keys.into_iter().map(|(_, k)| k).collect(),
+        tls: tls(cx, "admin.tls", raw.tls),
     }
 }
 
@@ -1101,6 +1103,7 @@ fn upstreams(
             DEFAULT_FAIL_TIMEOUT_SECS,
             1,
         );
+        let tls = upstream_tls(cx, &base, u.tls.as_ref(), &urls);
         let ok = cx.errs.len() == before;
         out.insert(
             name.clone(),
@@ -1112,11 +1115,63 @@ fn upstreams(
                     response_timeout,
                     max_fails,
                     fail_timeout,
+                    tls,
+                    http2: u.http2.unwrap_or(false),
                 })
             }),
         );
     }
     out
+}
+
+/// `upstreams.<name>.tls`: only with an `https://` address; `cert` and `key`
+/// together; `server_name` a DNS name or IP address. The files are read when the
+/// upstream's client is built ([`crate::tls::client_config`]).
+fn upstream_tls(
+    cx: &mut Ctx,
+    base: &str,
+    raw: Option<&raw::RawUpstreamTls>,
+    urls: &[Uri],
+) -> Option<UpstreamTls> {
+    let raw = raw?;
+    let base = format!("{base}.tls");
+    if !urls.is_empty() && !urls.iter().any(|u| u.scheme_str() == Some("https")) {
+        cx.err(
+            base.clone(),
+            "applies only to https:// URLs; this upstream has none",
+        );
+    }
+    let mut file = |name: &str, v: &Option<String>| match v {
+        Some(p) if p.trim().is_empty() => {
+            cx.err(format!("{base}.{name}"), "must be a PEM file path");
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+        None => None,
+    };
+    let ca = file("ca", &raw.ca);
+    let cert = file("cert", &raw.cert);
+    let key = file("key", &raw.key);
+    match (&raw.cert, &raw.key) {
+        (Some(_), None) => cx.err(format!("{base}.key"), "is required with `cert`"),
+        (None, Some(_)) => cx.err(format!("{base}.cert"), "is required with `key`"),
+        _ => {}
+    }
+    let server_name = raw.server_name.as_ref().map(|n| n.trim().to_owned());
+    if let Some(n) = &server_name
+        && rustls_pki_types::ServerName::try_from(n.as_str()).is_err()
+    {
+        cx.err(
+            format!("{base}.server_name"),
+            format!("`{n}` is not a DNS name or IP address"),
+        );
+    }
+    Some(UpstreamTls {
+        ca,
+        cert,
+        key,
+        server_name,
+    })
 }
 
 fn routes(
@@ -1286,6 +1341,8 @@ fn route_upstream(
             response_timeout: t.upstream_response,
             max_fails: DEFAULT_MAX_FAILS,
             fail_timeout: Duration::from_secs(DEFAULT_FAIL_TIMEOUT_SECS),
+            tls: None,
+            http2: false,
         });
         if !route_name.is_empty() {
             upstreams.insert(route_name.to_owned(), Some(up.clone()));
@@ -1664,6 +1721,81 @@ routes:
         assert_eq!(s.routes[1].host.as_deref(), Some("api.example.com"));
         assert!(s.routes[1].strip_prefix);
         assert_eq!(s.upstreams.len(), 1);
+    }
+
+    #[test]
+    fn upstream_tls_and_http2_settings_are_read_and_checked() {
+        let s = ok(r#"
+upstreams:
+  secure:
+    url: https://10.0.0.1:8443
+    http2: "true"
+    tls: {ca: /ca.pem, cert: /c.pem, key: /k.pem, server_name: api.internal}
+  plain: {url: http://10.0.0.3:8000}
+admin: {tls: {cert: /a.crt, key: /a.key}}
+routes:
+  - {name: a, path_prefix: /a, upstream: secure}
+  - {name: b, path_prefix: /b, upstream: plain}
+"#);
+        let secure = &s.upstreams["secure"];
+        assert!(secure.http2);
+        assert_eq!(
+            secure.tls,
+            Some(UpstreamTls {
+                ca: Some("/ca.pem".into()),
+                cert: Some("/c.pem".into()),
+                key: Some("/k.pem".into()),
+                server_name: Some("api.internal".into()),
+            })
+        );
+        assert!(!s.upstreams["plain"].http2);
+        assert_eq!(s.upstreams["plain"].tls, None);
+        assert_eq!(
+            s.admin.tls,
+            Some(TlsSettings {
+                cert: "/a.crt".into(),
+                key: "/a.key".into()
+            })
+        );
+        let cases: &[(&str, &str)] = &[
+            (
+                "upstreams: {b: {url: \"https://h\", tls: {cert: /c.pem}}}\n",
+                "upstreams.b.tls.key",
+            ),
+            (
+                "upstreams: {b: {url: \"https://h\", tls: {key: /k.pem}}}\n",
+                "upstreams.b.tls.cert",
+            ),
+            (
+                "upstreams: {b: {url: \"https://h\", tls: {ca: \"\"}}}\n",
+                "upstreams.b.tls.ca",
+            ),
+            (
+                "upstreams: {b: {url: \"https://h\", tls: {server_name: \"a b\"}}}\n",
+                "upstreams.b.tls.server_name",
+            ),
+            (
+                "upstreams: {b: {url: \"http://h\", tls: {ca: /ca.pem}}}\n",
+                "upstreams.b.tls",
+            ),
+            (
+                "upstreams: {b: {url: \"https://h\", tls: {insecure_skip_verify: true}}}\n",
+                "upstreams.b.tls.insecure_skip_verify",
+            ),
+            (
+                "upstreams: {b: {url: \"http://h\", http2: maybe}}\n",
+                "upstreams.b.http2",
+            ),
+            ("admin: {tls: {cert: /a.crt}}\n", "admin.tls.key"),
+        ];
+        for (yaml, path) in cases {
+            assert_eq!(
+                paths(yaml),
+                vec![path.to_string()],
+                "for {yaml:?}: {:?}",
+                errs(yaml)
+            );
+        }
     }
 
     #[test]

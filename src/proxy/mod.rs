@@ -34,7 +34,7 @@ use crate::body::{self, Body};
 use crate::cache::TokenCache;
 use crate::client_ip;
 use crate::config::RateLimitMode;
-use crate::config::{AuthMode, Settings};
+use crate::config::{AuthMode, ConfigErrors, Settings};
 use crate::error::{GatewayError, json_response};
 use crate::metrics::{RequestLabels, RouteLabels, metrics};
 use crate::ratelimit::{GcraBackend, GlobalLimiter, RateLimiter};
@@ -58,36 +58,49 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds routes, pools and the rate limiter from `settings`; `gcra` is where
-    /// `rate_limit.mode: redis` keeps its buckets (the Redis store).
-    pub fn new(settings: Arc<Settings>, gcra: Option<&Arc<dyn GcraBackend>>) -> Self {
+    /// `rate_limit.mode: redis` keeps its buckets (the Redis store). Reads the
+    /// upstreams' TLS files (blocking); fails with every unusable one.
+    pub fn new(
+        settings: Arc<Settings>,
+        gcra: Option<&Arc<dyn GcraBackend>>,
+    ) -> Result<Self, ConfigErrors> {
         let mut pools: BTreeMap<String, Arc<UpstreamPool>> = BTreeMap::new();
-        let entries = settings
-            .routes
-            .iter()
-            .map(|route| {
-                let pool = pools
-                    .entry(route.upstream.name.clone())
-                    .or_insert_with(|| {
-                        Arc::new(UpstreamPool::new(
-                            (*route.upstream).clone(),
-                            settings.timeouts.idle,
-                        ))
-                    })
-                    .clone();
-                RouteEntry {
-                    route: route.clone(),
-                    name: Arc::from(route.name.as_str()),
-                    pool,
+        let mut errors = Vec::new();
+        let mut entries = Vec::with_capacity(settings.routes.len());
+        for route in &settings.routes {
+            let name = &route.upstream.name;
+            let pool = match pools.get(name) {
+                Some(p) => p.clone(),
+                None => {
+                    match UpstreamPool::new((*route.upstream).clone(), settings.timeouts.idle) {
+                        Ok(p) => {
+                            let p = Arc::new(p);
+                            pools.insert(name.clone(), p.clone());
+                            p
+                        }
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    }
                 }
-            })
-            .collect();
-        Runtime {
+            };
+            entries.push(RouteEntry {
+                route: route.clone(),
+                name: Arc::from(route.name.as_str()),
+                pool,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Runtime {
             router: Router::new(entries),
             unrouted: Arc::from(""),
             whoami: Arc::from("whoami"),
             limiters: rate_limiter(&settings, gcra),
             settings,
-        }
+        })
     }
 }
 
@@ -137,19 +150,20 @@ struct Outcome<'a> {
 
 impl Gateway {
     /// A gateway over `cache` with the given settings; `gcra` holds global rate-limit
-    /// buckets (`None` without a Redis store).
+    /// buckets (`None` without a Redis store). Fails when an upstream's TLS files are
+    /// unusable.
     pub fn new(
         settings: Arc<Settings>,
         cache: TokenCache,
         usage: Arc<UsageRecorder>,
         gcra: Option<Arc<dyn GcraBackend>>,
-    ) -> Self {
-        Gateway {
-            runtime: ArcSwap::from_pointee(Runtime::new(settings, gcra.as_ref())),
+    ) -> Result<Self, ConfigErrors> {
+        Ok(Gateway {
+            runtime: ArcSwap::from_pointee(Runtime::new(settings, gcra.as_ref())?),
             gcra,
             cache,
             usage,
-        }
+        })
     }
 
     /// The current runtime (config generation).
@@ -157,10 +171,15 @@ impl Gateway {
         self.runtime.load_full()
     }
 
-    /// Installs a new config generation; in-flight requests finish on the old one.
-    pub fn reload(&self, settings: Arc<Settings>) {
-        self.runtime
-            .store(Arc::new(Runtime::new(settings, self.gcra.as_ref())));
+    /// Builds a config generation for this gateway (see [`Runtime::new`]).
+    pub fn runtime_for(&self, settings: Arc<Settings>) -> Result<Runtime, ConfigErrors> {
+        Runtime::new(settings, self.gcra.as_ref())
+    }
+
+    /// Installs a new config generation (built with [`Gateway::runtime_for`]);
+    /// in-flight requests finish on the old one.
+    pub fn install(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
     }
 
     /// The token cache.

@@ -1,8 +1,10 @@
 //! Upstream pools: one pooled keep-alive hyper client per upstream (TCP_NODELAY,
-//! its own connect timeout, `http://` and `https://` — TLS verified against the
-//! system's roots, HTTP/2 when the upstream offers it by ALPN), round-robin over its
-//! addresses, passive health, one safe retry, and the mapping of client failures to
-//! 502 / 504.
+//! its own connect timeout, `http://` and `https://` — TLS from
+//! [`crate::tls::client_config`]: the upstream's CA or the system's roots, its client
+//! certificate if any; HTTP/2 when the upstream offers it by ALPN, or HTTP/2 only
+//! with `http2: true`, which is h2c with prior knowledge on `http://`), round-robin
+//! over its addresses, passive health, one safe retry, and the mapping of client
+//! failures to 502 / 504.
 //!
 //! Passive health: an address whose connection fails `max_fails` times in a row is
 //! skipped for `fail_timeout`; after that one attempt is let through, and one more
@@ -19,38 +21,15 @@ use std::time::{Duration, Instant};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
 
 use crate::body::Body;
-use crate::config::Upstream;
+use crate::config::{ConfigError, Upstream};
 use crate::error::GatewayError;
-
-/// TLS settings for upstream connections: the system's CA roots (loaded once), TLS
-/// 1.2+, ALPN `h2` and `http/1.1`.
-fn client_tls() -> &'static rustls::ClientConfig {
-    static CONFIG: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
-    CONFIG.get_or_init(|| {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for e in &native.errors {
-            tracing::warn!(error = %e, "reading system CA certificates");
-        }
-        let (added, _) = roots.add_parsable_certificates(native.certs);
-        if added == 0 {
-            tracing::warn!("no system CA certificates: https upstreams will fail verification");
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            // ring implements every default protocol version.
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth()
-    })
-}
 
 /// Connect-failure bookkeeping of one upstream address.
 #[derive(Debug, Default)]
@@ -88,37 +67,54 @@ impl std::fmt::Debug for UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// A pool for `upstream`; idle connections are kept `idle` long.
-    pub fn new(upstream: Upstream, idle: Duration) -> Self {
+    /// A pool for `upstream`; idle connections are kept `idle` long. Reads the
+    /// upstream's TLS files (blocking); fails when they are unusable, naming the
+    /// field (`upstreams.<name>.tls.ca`).
+    pub fn new(upstream: Upstream, idle: Duration) -> Result<Self, ConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
         connector.enforce_http(false);
-        let builder =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(client_tls().clone());
-        let connector = builder
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(connector);
+        let section = format!("upstreams.{}.tls", upstream.name);
+        let tls = upstream.tls.as_ref();
+        let config = crate::tls::client_config(&section, crate::tls::upstream_files(tls))?;
+        let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        if let Some(name) = tls.and_then(|t| t.server_name.as_deref()) {
+            // Checked by config validation; re-checked rather than trusted.
+            let name = ServerName::try_from(name.to_owned()).map_err(|e| ConfigError {
+                path: format!("{section}.server_name"),
+                reason: e.to_string(),
+            })?;
+            builder = builder.with_server_name_resolver(FixedServerNameResolver::new(name));
+        }
+        // ALPN: `h2` only when the upstream is configured for HTTP/2, else both.
+        let connector = if upstream.http2 {
+            builder.enable_http2().wrap_connector(connector)
+        } else {
+            builder.enable_all_versions().wrap_connector(connector)
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle)
             .pool_max_idle_per_host(1024)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http2_only(upstream.http2)
             .build(connector);
         let health = upstream
             .urls
             .iter()
             .map(|_| PeerHealth::default())
             .collect();
-        UpstreamPool {
+        Ok(UpstreamPool {
             upstream,
             client,
             next: AtomicUsize::new(0),
             health,
             epoch: Instant::now(),
-        }
+        })
     }
 
     fn now_ms(&self) -> u64 {
@@ -316,9 +312,12 @@ mod tests {
                 response_timeout: Duration::from_secs(1),
                 max_fails,
                 fail_timeout,
+                tls: None,
+                http2: false,
             },
             Duration::from_secs(60),
         )
+        .expect("no TLS files to read")
     }
 
     #[test]

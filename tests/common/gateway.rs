@@ -41,11 +41,19 @@ impl GatewayProcess {
     /// Starts `patgate serve` with `yaml` (which must not set `listen`, `admin` or
     /// `logging`: they are added here).
     pub fn start(yaml: &str) -> GatewayProcess {
+        Self::start_with_admin(yaml, "")
+    }
+
+    /// [`Self::start`] with more keys for the `admin` section in `admin` (each line
+    /// indented by two spaces, e.g. `"  tls: {cert: a, key: b}\n"`). With `admin.tls`
+    /// the admin URL is still given as `http://`; callers switch the scheme.
+    pub fn start_with_admin(yaml: &str, admin: &str) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("patgate.yaml");
         let full = format!(
-            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n  api_keys:\n    - name: test\n      sha256: \"{}\"\nlogging:\n  format: json\n  level: info\n{}",
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n  api_keys:\n    - name: test\n      sha256: \"{}\"\n{}logging:\n  format: json\n  level: info\n{}",
             admin_key_sha256(),
+            admin,
             yaml
         );
         std::fs::write(&config_path, full).expect("write config");

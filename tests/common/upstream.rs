@@ -1,13 +1,18 @@
 //! A real HTTP upstream on port 0 for integration tests.
 //!
-//! - any path: answers 200 with JSON `{method, uri, headers, bodyBytes}` (the request
-//!   body is read fully and counted, never kept);
+//! - any path: answers 200 with JSON `{method, uri, version, headers, bodyBytes}`
+//!   (the request body is read fully and counted, never kept; `version` is what the
+//!   upstream saw, e.g. `HTTP/2.0`);
 //! - `.../delay/<ms>...`: sleeps first (for 504 tests);
 //! - `.../stream/<bytes>...`: streams that many bytes back in 64 KiB chunks;
 //! - any request with `Upgrade`: `101`, then echoes the raw upgraded bytes.
+//!
+//! HTTP/1.1 and HTTP/2 with prior knowledge (h2c); [`Upstream::start_tls`] serves the
+//! same over TLS (ALPN `h2` / `http/1.1`), optionally requiring client certificates.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,8 +43,24 @@ impl Upstream {
         format!("http://{}", self.addr)
     }
 
+    /// `https://127.0.0.1:port` (the certificate's name must then come from the
+    /// gateway's `tls.server_name`, or be the IP).
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
     /// Starts the upstream on 127.0.0.1:0.
     pub async fn start() -> Upstream {
+        Self::start_with(None).await
+    }
+
+    /// Starts the upstream on 127.0.0.1:0 behind TLS with `config`. Failed
+    /// handshakes (a missing or unknown client certificate) close the connection.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -49,10 +70,31 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handle))
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(
+                                    TokioIo::new(stream),
+                                    service_fn(handle),
+                                )
+                                .await;
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection_with_upgrades(
+                                    TokioIo::new(stream),
+                                    service_fn(handle),
+                                )
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -138,6 +180,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
     let doc = serde_json::json!({
         "method": parts.method.as_str(),
         "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
         "headers": headers,
         "bodyBytes": n,
     });
