@@ -970,9 +970,13 @@ async fn redis_down_at_start_connects_anyway_and_recovers() {
 async fn redis_cursor_paging_over_100k_tokens_is_exact_and_stable() {
     const N: usize = 100_000;
     let server = RedisServer::start();
-    let s = RedisStore::connect(&redis_settings(server.url()))
-        .await
-        .unwrap();
+    // 1000 commands in flight at once: on a loaded 2-core CI machine the last ones
+    // wait longer than the production 250 ms timeout, which is not what this tests.
+    let settings = RedisSettings {
+        command_timeout: Duration::from_secs(10),
+        ..redis_settings(server.url())
+    };
+    let s = RedisStore::connect(&settings).await.unwrap();
     let ids_gen = std::sync::Mutex::new(ulid::Generator::new());
     let mut ids = Vec::with_capacity(N);
     for chunk in 0..(N / 1000) {
