@@ -27,11 +27,13 @@
 //!   client config for upstreams and the CLI.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics` on the admin listener).
 //! - [`clock`]: coarse clocks (an atomic load) for the request path.
+//! - [`assertion`]: the signed identity (Ed25519 JWS) for upstreams, and its JWKS.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;
+pub mod assertion;
 pub mod auth;
 pub mod body;
 pub mod cache;

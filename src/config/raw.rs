@@ -210,6 +210,24 @@ pub(crate) struct RawIdentityHeaders {
     pub project_id: Option<String>,
     pub scopes: Option<String>,
     pub permissions: Option<String>,
+    pub assertion: Option<RawAssertion>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawAssertion {
+    pub header: Option<String>,
+    #[serde(deserialize_with = "opt_num")]
+    pub ttl_seconds: Option<u64>,
+    pub issuer: Option<String>,
+    pub keys: Option<Vec<RawAssertionKey>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawAssertionKey {
+    pub id: Option<String>,
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -238,6 +238,31 @@ pub struct IdentityHeaders {
     pub scopes: HeaderName,
     /// Default `X-Auth-Permissions`.
     pub permissions: HeaderName,
+    /// The signed identity assertion (`identity_headers.assertion`), when configured.
+    pub assertion: Option<AssertionSettings>,
+}
+
+/// `identity_headers.assertion`: a compact JWS (EdDSA) of the identity for upstreams
+/// that verify it (see [`crate::assertion`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionSettings {
+    /// Header name (default `<prefix>assertion`, e.g. `x-auth-assertion`).
+    pub header: HeaderName,
+    /// Lifetime of an assertion (`exp` − `iat`; default 60 s, 5 s to 1 h).
+    pub ttl: Duration,
+    /// The `iss` claim (default `patgate`).
+    pub issuer: String,
+    /// Ed25519 keys; the first signs, all are published in the JWKS.
+    pub keys: Vec<AssertionKey>,
+}
+
+/// One assertion signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionKey {
+    /// The JWS `kid`.
+    pub id: String,
+    /// PKCS#8 PEM file with the Ed25519 private key.
+    pub file: PathBuf,
 }
 
 /// Whether a route requires a token.

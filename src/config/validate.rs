@@ -945,15 +945,89 @@ fn identity_headers(cx: &mut Ctx, r: raw::RawIdentityHeaders) -> IdentityHeaders
         }
         h
     };
+    let user_id = header("user_id", r.user_id, "user-id");
+    let token_id = header("token_id", r.token_id, "token-id");
+    let token_prefix = header("token_prefix", r.token_prefix, "token-prefix");
+    let token_type = header("token_type", r.token_type, "token-type");
+    let org_id = header("org_id", r.org_id, "org-id");
+    let project_id = header("project_id", r.project_id, "project-id");
+    let scopes = header("scopes", r.scopes, "scopes");
+    let permissions = header("permissions", r.permissions, "permissions");
+    let assertion_header = r
+        .assertion
+        .as_ref()
+        .map(|a| header("assertion.header", a.header.clone(), "assertion"));
+    let assertion = r.assertion.zip(assertion_header).map(|(a, header)| {
+        let ttl = secs(
+            cx,
+            "identity_headers.assertion.ttl_seconds",
+            a.ttl_seconds,
+            60,
+            5,
+        );
+        if ttl > Duration::from_secs(3600) {
+            cx.err(
+                "identity_headers.assertion.ttl_seconds",
+                "at most 3600: assertions are meant to be short-lived",
+            );
+        }
+        let issuer = a.issuer.unwrap_or_else(|| "patgate".to_owned());
+        if issuer.trim().is_empty() {
+            cx.err("identity_headers.assertion.issuer", "must not be empty");
+        }
+        let raw_keys = a.keys.unwrap_or_default();
+        if raw_keys.is_empty() {
+            cx.err(
+                "identity_headers.assertion.keys",
+                "at least one key is required (`openssl genpkey -algorithm ed25519 -out k1.pem`)",
+            );
+        }
+        let mut ids = HashSet::new();
+        let keys = raw_keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let base = format!("identity_headers.assertion.keys[{i}]");
+                let id = match k.id {
+                    Some(id) if !id.trim().is_empty() => id,
+                    _ => {
+                        cx.err(format!("{base}.id"), "is required (the JWS `kid`)");
+                        String::new()
+                    }
+                };
+                if !id.is_empty() && !ids.insert(id.clone()) {
+                    cx.err(format!("{base}.id"), format!("duplicate key id `{id}`"));
+                }
+                let file = match k.file {
+                    Some(f) if !f.trim().is_empty() => PathBuf::from(f),
+                    _ => {
+                        cx.err(
+                            format!("{base}.file"),
+                            "is required (an Ed25519 PKCS#8 PEM file)",
+                        );
+                        PathBuf::new()
+                    }
+                };
+                AssertionKey { id, file }
+            })
+            .collect();
+        AssertionSettings {
+            header,
+            ttl,
+            issuer,
+            keys,
+        }
+    });
     IdentityHeaders {
-        user_id: header("user_id", r.user_id, "user-id"),
-        token_id: header("token_id", r.token_id, "token-id"),
-        token_prefix: header("token_prefix", r.token_prefix, "token-prefix"),
-        token_type: header("token_type", r.token_type, "token-type"),
-        org_id: header("org_id", r.org_id, "org-id"),
-        project_id: header("project_id", r.project_id, "project-id"),
-        scopes: header("scopes", r.scopes, "scopes"),
-        permissions: header("permissions", r.permissions, "permissions"),
+        assertion,
+        user_id,
+        token_id,
+        token_prefix,
+        token_type,
+        org_id,
+        project_id,
+        scopes,
+        permissions,
         prefix,
     }
 }
@@ -2104,6 +2178,26 @@ whoami_path: /$${literal}
             ("store: {embedded: {path: \"\"}}\n", "store.embedded.path"),
             ("cache: {ttl_seconds: 0}\n", "cache.ttl_seconds"),
             ("cache: {max_entries: 0}\n", "cache.max_entries"),
+            (
+                "identity_headers: {assertion: {keys: []}}\n",
+                "identity_headers.assertion.keys",
+            ),
+            (
+                "identity_headers: {assertion: {ttl_seconds: 7200, keys: [{id: a, file: /k}]}}\n",
+                "identity_headers.assertion.ttl_seconds",
+            ),
+            (
+                "identity_headers: {assertion: {keys: [{id: a, file: /k}, {id: a, file: /j}]}}\n",
+                "identity_headers.assertion.keys[1].id",
+            ),
+            (
+                "identity_headers: {assertion: {keys: [{id: a}]}}\n",
+                "identity_headers.assertion.keys[0].file",
+            ),
+            (
+                "identity_headers: {assertion: {header: Assertion, keys: [{id: a, file: /k}]}}\n",
+                "identity_headers.assertion.header",
+            ),
             ("tokens: {prefix: Pat_}\n", "tokens.prefix"),
             ("tokens: {prefix: pat}\n", "tokens.prefix"),
             (

@@ -50,10 +50,14 @@ pub struct Runtime {
     pub router: Router,
     /// Rate limiter (per replica, or global in Redis).
     pub limiters: RateLimiter,
+    /// Signs `identity_headers.assertion`, when configured.
+    pub assertion: Option<crate::assertion::Signer>,
     /// The route label of requests no route matched (`""`).
     unrouted: Arc<str>,
     /// The route label of whoami requests.
     whoami: Arc<str>,
+    /// The route label of JWKS requests.
+    jwks: Arc<str>,
 }
 
 impl Runtime {
@@ -91,13 +95,25 @@ impl Runtime {
                 pool,
             });
         }
+        let assertion = match &settings.identity_headers.assertion {
+            Some(a) => match crate::assertion::Signer::new(a) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            },
+            None => None,
+        };
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Runtime {
+            assertion,
             router: Router::new(entries),
             unrouted: Arc::from(""),
             whoami: Arc::from("whoami"),
+            jwks: Arc::from("jwks"),
             limiters: rate_limiter(&settings, gcra),
             settings,
         })
@@ -290,6 +306,19 @@ impl Gateway {
         };
         let norm = norm.into_owned();
 
+        // The assertion keys (public, when assertions are configured).
+        if norm == crate::assertion::JWKS_PATH
+            && matches!(*req.method(), Method::GET | Method::HEAD)
+            && let Some(signer) = &rt.assertion
+        {
+            let mut resp = json_response(StatusCode::OK, signer.jwks());
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            return Ok((resp, rt.jwks.clone(), None));
+        }
+
         // whoami (GET/HEAD only; other methods fall through to routing)
         if norm == settings.whoami_path && matches!(*req.method(), Method::GET | Method::HEAD) {
             let facts = RequestFacts {
@@ -388,6 +417,11 @@ impl Gateway {
         );
         if let Some(id) = &identity {
             headers::inject_identity(&mut parts.headers, &settings.identity_headers, id.record());
+            if let Some(signer) = &rt.assertion
+                && let Some(v) = signer.assertion(&route_name, &id.lookup)
+            {
+                parts.headers.insert(signer.header.clone(), v);
+            }
         }
         if let Some(h) = original_host {
             parts.headers.insert(header::HOST, h);
