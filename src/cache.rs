@@ -41,21 +41,31 @@ use crate::token::{HashKeyState, TokenHash};
 #[error("token store unavailable: {0}")]
 pub struct Unavailable(pub String);
 
+/// A cache entry. Kept small: a million of them is the cache's whole footprint.
 #[derive(Clone)]
 struct Slot {
     value: Option<Arc<Lookup>>,
     fetched: Instant,
-    refreshing: Arc<AtomicBool>,
 }
 
 impl Slot {
     fn new(value: Option<Lookup>) -> Self {
         Slot {
-            value: value.map(Arc::new),
+            value: value.map(|mut l| {
+                compact(&mut l.record);
+                Arc::new(l)
+            }),
             fetched: crate::clock::recent(),
-            refreshing: Arc::new(AtomicBool::new(false)),
         }
     }
+}
+
+/// Drops spare capacity a deserialised record carries (a JSON array of two becomes a
+/// `Vec` with room for four), since the record lives as long as its cache entry.
+fn compact(r: &mut crate::store::TokenRecord) {
+    r.scopes.shrink_to_fit();
+    r.permissions.shrink_to_fit();
+    r.ip_allowlist.shrink_to_fit();
 }
 
 struct TokenExpiry {
@@ -95,6 +105,8 @@ struct Inner {
     disabled_owners: ArcSwapOption<HashSet<String>>,
     /// Serialises owner-set reloads (and coalesces concurrent first loads).
     owners_reload: tokio::sync::Mutex<()>,
+    /// Hashes with a background refresh in flight (stale hits start at most one).
+    refreshing: std::sync::Mutex<HashSet<TokenHash, HashKeyState>>,
     /// Set when an owner reload failed; the refresher then retries quickly.
     owners_dirty: AtomicBool,
     ttl: Duration,
@@ -137,6 +149,7 @@ impl TokenCache {
                 tokens,
                 disabled_owners: ArcSwapOption::empty(),
                 owners_reload: tokio::sync::Mutex::new(()),
+                refreshing: std::sync::Mutex::new(HashSet::default()),
                 owners_dirty: AtomicBool::new(false),
                 ttl: settings.ttl,
                 epoch: AtomicU64::new(0),
@@ -171,7 +184,7 @@ impl TokenCache {
                     metrics().cache_hits.inc();
                     if crate::clock::recent().saturating_duration_since(slot.fetched) >= inner.ttl {
                         metrics().cache_stale_served.inc();
-                        self.refresh_token(hash, &slot);
+                        self.refresh_token(hash);
                     }
                 }
                 None => {
@@ -205,12 +218,17 @@ impl TokenCache {
         Ok(slot.value)
     }
 
-    fn refresh_token(&self, hash: TokenHash, slot: &Slot) {
-        if slot.refreshing.swap(true, Ordering::AcqRel) {
+    fn refresh_token(&self, hash: TokenHash) {
+        let started = self
+            .inner
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(hash);
+        if !started {
             return;
         }
         let this = self.clone();
-        let flag = slot.refreshing.clone();
         tokio::spawn(async move {
             let inner = &this.inner;
             let epoch = inner.epoch.load(Ordering::Acquire);
@@ -225,10 +243,14 @@ impl TokenCache {
                 Err(e) => {
                     metrics().store_errors.inc();
                     tracing::debug!(error = %e, "cache refresh failed; serving stale entry");
-                    // Let the next hit try again.
-                    flag.store(false, Ordering::Release);
                 }
             }
+            // Done either way: after a failure the next stale hit tries again.
+            inner
+                .refreshing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&hash);
         });
     }
 

@@ -961,6 +961,37 @@ async fn concurrent_misses_make_one_store_call_and_unknown_tokens_are_cached() {
 }
 
 #[tokio::test]
+async fn stale_entries_are_served_while_one_refresh_runs() {
+    let e = env_with("cache:\n  ttl_seconds: 1\n").await;
+    let (token, _) = e.admin.create(reader()).await;
+    assert_eq!(e.get("/api/x", Some(&token)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    // Stale now: a burst is answered from the cache and starts exactly one refresh.
+    e.redis.cli(&["CONFIG", "RESETSTAT"]);
+    let burst = (0..30).map(|_| e.get("/api/x", Some(&token)));
+    let statuses: Vec<u16> = futures_util::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|r| r.0.as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        redis_calls(&e.redis, "get"),
+        1,
+        "30 hits on a stale entry make one background refresh"
+    );
+
+    // The refreshed entry is fresh again: no store call.
+    e.redis.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..5 {
+        assert_eq!(e.get("/api/x", Some(&token)).await.0, 200);
+    }
+    assert_eq!(redis_calls(&e.redis, "get"), 0, "refreshed entry is fresh");
+}
+
+#[tokio::test]
 async fn websocket_upgrade_passes_through_after_authentication() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let e = env().await;
