@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod dev;
 pub mod gateway;
+pub mod recorder;
 pub mod redis;
 pub mod secrets;
 pub mod upstream;
