@@ -180,28 +180,41 @@ pub fn set_forwarded(
     }
 }
 
-fn put(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    // Values come from validated records; a value that is not a legal header value
-    // (CR/LF, control bytes) is dropped rather than forwarded.
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), v);
+/// Sets `name: value`; `false` (and nothing set) when `value` is not a legal header
+/// value (CR, LF, NUL or another control byte): it is never split or forwarded.
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: &str) -> bool {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+            true
+        }
+        Err(_) => false,
     }
 }
 
-/// Injects the identity of `record` under the configured names.
-pub fn inject_identity(headers: &mut HeaderMap, names: &IdentityHeaders, record: &TokenRecord) {
-    put(headers, &names.user_id, &record.owner_id);
-    put(headers, &names.token_id, &record.id);
-    put(headers, &names.token_prefix, &record.prefix);
-    put(headers, &names.token_type, record.kind.as_str());
+/// Injects the identity of `record` under the configured names. Returns `false`
+/// when some value could not be represented as a header value — the admin API never
+/// stores such values, so the record did not come from it (a corrupted or hostile
+/// store) and the caller must not forward the request with a partial identity.
+#[must_use]
+pub fn inject_identity(
+    headers: &mut HeaderMap,
+    names: &IdentityHeaders,
+    record: &TokenRecord,
+) -> bool {
+    let mut ok = put(headers, &names.user_id, &record.owner_id);
+    ok &= put(headers, &names.token_id, &record.id);
+    ok &= put(headers, &names.token_prefix, &record.prefix);
+    ok &= put(headers, &names.token_type, record.kind.as_str());
     if let Some(org) = &record.org_id {
-        put(headers, &names.org_id, org);
+        ok &= put(headers, &names.org_id, org);
     }
     if let Some(project) = &record.project_id {
-        put(headers, &names.project_id, project);
+        ok &= put(headers, &names.project_id, project);
     }
-    put(headers, &names.scopes, &record.scopes.join(","));
-    put(headers, &names.permissions, &record.permissions.join(","));
+    ok &= put(headers, &names.scopes, &record.scopes.join(","));
+    ok &= put(headers, &names.permissions, &record.permissions.join(","));
+    ok
 }
 
 #[cfg(test)]

@@ -330,8 +330,24 @@ impl Gateway {
             conn.scheme,
             original_host.as_ref(),
         );
-        if let Some(id) = &identity {
-            headers::inject_identity(&mut parts.headers, &settings.identity_headers, id.record());
+        if let Some(id) = &identity
+            && !headers::inject_identity(
+                &mut parts.headers,
+                &settings.identity_headers,
+                id.record(),
+            )
+        {
+            // Fail closed: an upstream must never see a partial identity (e.g. an
+            // org-bound token without its org header).
+            tracing::warn!(
+                token.id = %id.record().id,
+                "token record holds a value that cannot be a header; not forwarding"
+            );
+            return Err((
+                GatewayError::Denied(auth::Deny::BackendUnavailable),
+                route_name,
+                identity,
+            ));
         }
         if let Some(h) = original_host {
             parts.headers.insert(header::HOST, h);
