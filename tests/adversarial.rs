@@ -818,3 +818,50 @@ fn the_naive_reading_used_by_these_tests_catches_the_known_tricks() {
     assert!(!reaches_protected("/api/admin"));
     assert!(!reaches_protected("/projects/group%2Fname"));
 }
+
+#[tokio::test]
+async fn the_host_that_routed_a_request_is_the_host_the_upstream_sees() {
+    let e = env_with(
+        "  - name: internal\n    host: internal.example\n    path_prefix: /\n    upstream: app\n",
+    )
+    .await;
+    // Absolute-form target: the target's host is the request's host (RFC 9112
+    // §3.2.2), whatever the Host header says. It must both route and be forwarded.
+    let answer = exchange(
+        &e.gw.url,
+        b"GET http://public.example/x HTTP/1.1\r\nHost: internal.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(statuses(&answer), vec![200]);
+    let seen = e.upstream.settle_and_take().await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header_values("host"),
+        vec!["public.example"],
+        "routed as public.example (auth: none) but forwarded for another virtual host"
+    );
+    assert!(
+        seen[0]
+            .header_values("x-forwarded-host")
+            .iter()
+            .all(|h| h == "public.example")
+    );
+    // The other way round is authenticated.
+    let answer = exchange(
+        &e.gw.url,
+        b"GET http://internal.example/x HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(statuses(&answer), vec![401]);
+    // And the Host header routes when the target is in origin form.
+    let answer = exchange(
+        &e.gw.url,
+        b"GET /x HTTP/1.1\r\nHost: Internal.Example:8080\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(statuses(&answer), vec![401]);
+    assert!(e.upstream.settle_and_take().await.is_empty());
+}

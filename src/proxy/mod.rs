@@ -307,12 +307,16 @@ impl Gateway {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
         let peer_trusted = client_ip::contains(&settings.client_ip.trusted_proxies, conn.peer.ip());
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // The host that routed the request is the host forwarded: the target's
+        // authority (absolute form, HTTP/2 `:authority`) before the Host header, as
+        // `router::request_host` reads them (RFC 9112 §3.2.2). Otherwise
+        // `GET http://public/…` with `Host: internal` would be routed as `public`
+        // and served by the upstream as `internal`.
+        let original_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned());
         headers::strip_hop_by_hop(&mut parts.headers);
         if let Some(proto) = &upgrade {
             parts
