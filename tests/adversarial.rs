@@ -865,3 +865,90 @@ async fn the_host_that_routed_a_request_is_the_host_the_upstream_sees() {
     assert_eq!(statuses(&answer), vec![401]);
     assert!(e.upstream.settle_and_take().await.is_empty());
 }
+
+/// Sends one HTTP/2 (h2c, prior knowledge) request; `Err` when the gateway refused
+/// it at the protocol level (stream or connection error).
+async fn h2_request(
+    addr: &str,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<u16, String> {
+    let tcp = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    match tokio::time::timeout(Duration::from_secs(3), send.send_request(req)).await {
+        Ok(Ok(resp)) => Ok(resp.status().as_u16()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+#[tokio::test]
+async fn http2_requests_get_the_same_hygiene_and_cannot_desync_the_upstream() {
+    use http_body_util::Full;
+    let e = env().await;
+    // Identity headers in every spelling, and client-IP claims, over h2c.
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(format!("{}/api/h2", e.gw.url))
+        .header("x-auth-user-id", "forged")
+        .header("x_auth_user_id", "forged")
+        .header("x-auth_scopes", "forged")
+        .header("x-real-ip", "10.1.2.3")
+        .header("x_forwarded_for", "10.1.2.3")
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(h2_request(&e.gw.url, req).await, Ok(200));
+    let seen = e.upstream.settle_and_take().await;
+    assert_eq!(seen.len(), 1);
+    assert_clean(&seen, "h2 spoof");
+    for (name, value) in &seen[0].headers {
+        let folded = cgi_name(name);
+        assert!(
+            !folded.starts_with("X_AUTH_") && folded != "X_REAL_IP",
+            "{name} reached the upstream over HTTP/2"
+        );
+        assert_ne!(String::from_utf8_lossy(value), "forged");
+    }
+    assert_eq!(seen[0].header_values("x-forwarded-for"), vec!["127.0.0.1"]);
+
+    // A body longer than its content-length, and HTTP/1 framing headers, which are
+    // illegal in HTTP/2: refused, never passed on as an ambiguous HTTP/1 request.
+    let too_long = http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/api/h2", e.gw.url))
+        .header("content-length", "5")
+        .body(Full::new(bytes::Bytes::from_static(HIDDEN.as_bytes())))
+        .unwrap();
+    let chunked = http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/api/h2", e.gw.url))
+        .header("transfer-encoding", "chunked")
+        .body(Full::new(bytes::Bytes::from_static(b"0\r\n\r\n")))
+        .unwrap();
+    for (name, req) in [
+        ("content-length too short", too_long),
+        ("transfer-encoding", chunked),
+    ] {
+        let result = h2_request(&e.gw.url, req).await;
+        let seen = e.upstream.settle_and_take().await;
+        assert_clean(&seen, name);
+        for s in seen.iter().filter(|s| !s.truncated) {
+            assert!(
+                s.body.len() <= 5 && !s.target.contains("private"),
+                "{name}: upstream got {:?}",
+                String::from_utf8_lossy(&s.raw)
+            );
+        }
+        assert!(
+            !matches!(result, Ok(200)) || seen.iter().all(|s| s.body.len() <= 5),
+            "{name}: {result:?}"
+        );
+    }
+}
