@@ -194,6 +194,20 @@ impl std::fmt::Debug for Lifecycle {
     }
 }
 
+/// How long a revocation keeps retrying a compare-and-set that lost to concurrent
+/// writers before it gives up with `409`.
+pub const REVOKE_RETRY_FOR: Duration = Duration::from_secs(3);
+
+/// Up to `max` of cheap, non-cryptographic jitter (the clock's nanoseconds), so that
+/// contending writers do not retry in lockstep.
+fn jitter(max: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let max_ns = u32::try_from(max.as_nanos()).unwrap_or(u32::MAX).max(1);
+    Duration::from_nanos(u64::from(nanos % max_ns))
+}
+
 fn check_name(name: &str) -> Result<(), LifecycleError> {
     let n = name.chars().count();
     if n == 0 || n > 100 || name.trim().is_empty() {
@@ -641,6 +655,11 @@ impl Lifecycle {
     }
 
     /// Revokes a token permanently.
+    ///
+    /// A revocation must not lose to concurrent edits of the same token (a burst of
+    /// PATCHes would otherwise exhaust the store's compare-and-set attempts and
+    /// answer `409`): on a store conflict it retries with jittered backoff for up to
+    /// [`REVOKE_RETRY_FOR`].
     pub async fn revoke(&self, id: &str, by: &Caller) -> Result<TokenRecord, LifecycleError> {
         let now = Timestamp::now();
         let change = move |r: &mut TokenRecord| -> Result<(), String> {
@@ -650,11 +669,17 @@ impl Lifecycle {
             r.is_active = false;
             Ok(())
         };
-        let changed = self
-            .store
-            .update(id, &change)
-            .await?
-            .ok_or(LifecycleError::NotFound)?;
+        let deadline = std::time::Instant::now() + REVOKE_RETRY_FOR;
+        let mut pause = Duration::from_millis(1);
+        let changed = loop {
+            match self.store.update(id, &change).await {
+                Err(StoreError::Conflict(_)) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause + jitter(pause)).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                other => break other?.ok_or(LifecycleError::NotFound)?,
+            }
+        };
         self.committed(&changed, by, "token.revoke", serde_json::Value::Null)
             .await;
         Ok(changed.record)

@@ -3,7 +3,9 @@
 //!
 //! Invariant: after [`strip_identity`] no client header starting with the identity
 //! prefix survives, whatever its case or spelling — it runs first on every request,
-//! on every route, authenticated or not.
+//! on every route, authenticated or not. "Spelling" includes `_` for `-`: CGI-style
+//! upstreams (WSGI, PHP, Rack, nginx with `underscores_in_headers`) read
+//! `X_Auth_User_Id` and `X-Auth-User-Id` as the same `HTTP_X_AUTH_USER_ID`.
 
 use std::net::IpAddr;
 
@@ -29,17 +31,39 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Client-IP claims other proxies set and some upstreams believe; from an untrusted
+/// peer they are removed with `Forwarded` (only `X-Forwarded-For` is set by us).
+static CLIENT_IP_CLAIMS: [HeaderName; 3] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+];
 
-/// Removes every header whose name starts with `prefix` (lower-case; header names
-/// are stored lower-case by `http`, so this is case-insensitive). No allocation
-/// unless such a header is present.
+/// Whether header `name` starts with the identity `prefix`, reading `_` and `-` as
+/// the same character (both are lower-case: `http` stores names lower-case, the
+/// config lower-cases the prefix, so this is case-insensitive).
+fn has_identity_prefix(name: &str, prefix: &str) -> bool {
+    let fold = |b: u8| if b == b'_' { b'-' } else { b };
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(n, p)| fold(n) == fold(p))
+}
+
+/// Removes every header whose name starts with `prefix` in any case, with `_` or
+/// `-`. Cost: one prefix compare per header; no allocation unless such a header is
+/// present.
 pub fn strip_identity(headers: &mut HeaderMap, prefix: &str) {
-    if !headers.keys().any(|k| k.as_str().starts_with(prefix)) {
+    if !headers
+        .keys()
+        .any(|k| has_identity_prefix(k.as_str(), prefix))
+    {
         return;
     }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(prefix))
+        .filter(|k| has_identity_prefix(k.as_str(), prefix))
         .cloned()
         .collect();
     for name in doomed {
@@ -91,8 +115,39 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
+/// Forwarding headers as CGI-style upstreams fold them (`X_Forwarded_For` reads as
+/// `HTTP_X_FORWARDED_FOR`): an underscore spelling is never ours, so it is removed.
+const FORWARDING_NAMES: [&str; 7] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+];
+
+fn strip_underscore_spellings(headers: &mut HeaderMap) {
+    let spoof = |k: &HeaderName| {
+        let n = k.as_str();
+        n.contains('_')
+            && FORWARDING_NAMES
+                .iter()
+                .any(|f| n.len() == f.len() && has_identity_prefix(n, f))
+    };
+    if !headers.keys().any(spoof) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|k| spoof(k)).cloned().collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
 /// Sets `X-Forwarded-For` / `-Proto` / `-Host`. A trusted peer's chain is extended;
-/// an untrusted peer's claims (`X-Forwarded-*`, `Forwarded`) are replaced.
+/// an untrusted peer's claims (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`,
+/// `True-Client-IP`, `X-Client-IP`) are replaced or removed. Underscore spellings
+/// of these (`X_Forwarded_For`) are removed from every peer.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
@@ -100,6 +155,7 @@ pub fn set_forwarded(
     scheme: &'static str,
     host: Option<&HeaderValue>,
 ) {
+    strip_underscore_spellings(headers);
     let peer_s = peer.to_string();
     let xff = if peer_trusted {
         let prior: Vec<&str> = headers
@@ -114,6 +170,9 @@ pub fn set_forwarded(
         }
     } else {
         headers.remove(&FORWARDED);
+        for name in &CLIENT_IP_CLAIMS {
+            headers.remove(name);
+        }
         headers.remove(&X_FORWARDED_PROTO);
         headers.remove(&X_FORWARDED_HOST);
         peer_s
@@ -131,28 +190,41 @@ pub fn set_forwarded(
     }
 }
 
-fn put(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    // Values come from validated records; a value that is not a legal header value
-    // (CR/LF, control bytes) is dropped rather than forwarded.
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), v);
+/// Sets `name: value`; `false` (and nothing set) when `value` is not a legal header
+/// value (CR, LF, NUL or another control byte): it is never split or forwarded.
+fn put(headers: &mut HeaderMap, name: &HeaderName, value: &str) -> bool {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+            true
+        }
+        Err(_) => false,
     }
 }
 
-/// Injects the identity of `record` under the configured names.
-pub fn inject_identity(headers: &mut HeaderMap, names: &IdentityHeaders, record: &TokenRecord) {
-    put(headers, &names.user_id, &record.owner_id);
-    put(headers, &names.token_id, &record.id);
-    put(headers, &names.token_prefix, &record.prefix);
-    put(headers, &names.token_type, record.kind.as_str());
+/// Injects the identity of `record` under the configured names. Returns `false`
+/// when some value could not be represented as a header value — the admin API never
+/// stores such values, so the record did not come from it (a corrupted or hostile
+/// store) and the caller must not forward the request with a partial identity.
+#[must_use]
+pub fn inject_identity(
+    headers: &mut HeaderMap,
+    names: &IdentityHeaders,
+    record: &TokenRecord,
+) -> bool {
+    let mut ok = put(headers, &names.user_id, &record.owner_id);
+    ok &= put(headers, &names.token_id, &record.id);
+    ok &= put(headers, &names.token_prefix, &record.prefix);
+    ok &= put(headers, &names.token_type, record.kind.as_str());
     if let Some(org) = &record.org_id {
-        put(headers, &names.org_id, org);
+        ok &= put(headers, &names.org_id, org);
     }
     if let Some(project) = &record.project_id {
-        put(headers, &names.project_id, project);
+        ok &= put(headers, &names.project_id, project);
     }
-    put(headers, &names.scopes, &record.scopes.join(","));
-    put(headers, &names.permissions, &record.permissions.join(","));
+    ok &= put(headers, &names.scopes, &record.scopes.join(","));
+    ok &= put(headers, &names.permissions, &record.permissions.join(","));
+    ok
 }
 
 #[cfg(test)]
@@ -170,6 +242,33 @@ mod tests {
         strip_identity(&mut h, "x-auth-");
         assert_eq!(h.len(), 2);
         assert!(h.contains_key("x-authority"));
+    }
+
+    #[test]
+    fn strips_identity_headers_spelled_with_underscores() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "X_Auth_User_Id",
+            "x-auth_scopes",
+            "x_auth-org-id",
+            "X_AUTH_",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h.insert("x_authority", HeaderValue::from_static("kept"));
+        h.insert("x-auth", HeaderValue::from_static("kept"));
+        strip_identity(&mut h, "x-auth-");
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(h.contains_key("x_authority") && h.contains_key("x-auth"));
+        // A prefix configured with `_` covers `-` spellings as well.
+        let mut h = HeaderMap::new();
+        h.insert("x-gw-user", HeaderValue::from_static("evil"));
+        strip_identity(&mut h, "x_gw_");
+        assert!(h.is_empty());
     }
 
     #[test]
@@ -210,6 +309,11 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.1.1.1"));
+        h.insert("true-client-ip", HeaderValue::from_static("1.1.1.1"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("1.1.1.1"));
+        h.insert("x_real_ip", HeaderValue::from_static("1.1.1.1"));
+        h.insert("x_custom", HeaderValue::from_static("kept"));
         let host = HeaderValue::from_static("api.example.com");
         set_forwarded(
             &mut h,
@@ -222,6 +326,9 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert!(!h.contains_key("forwarded"));
+        assert!(!h.contains_key("x-real-ip") && !h.contains_key("true-client-ip"));
+        assert!(!h.contains_key("x_forwarded_for") && !h.contains_key("x_real_ip"));
+        assert_eq!(h["x_custom"], "kept");
 
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));

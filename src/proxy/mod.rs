@@ -392,12 +392,16 @@ impl Gateway {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, incoming) = req.into_parts();
         let peer_trusted = client_ip::contains(&settings.client_ip.trusted_proxies, conn.peer.ip());
-        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // The host that routed the request is the host forwarded: the target's
+        // authority (absolute form, HTTP/2 `:authority`) before the Host header, as
+        // `router::request_host` reads them (RFC 9112 §3.2.2). Otherwise
+        // `GET http://public/…` with `Host: internal` would be routed as `public`
+        // and served by the upstream as `internal`.
+        let original_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned());
         headers::strip_hop_by_hop(&mut parts.headers);
         if let Some(proto) = &upgrade {
             parts
@@ -416,7 +420,23 @@ impl Gateway {
             original_host.as_ref(),
         );
         if let Some(id) = &identity {
-            headers::inject_identity(&mut parts.headers, &settings.identity_headers, id.record());
+            if !headers::inject_identity(
+                &mut parts.headers,
+                &settings.identity_headers,
+                id.record(),
+            ) {
+                // Fail closed: an upstream must never see a partial identity (e.g. an
+                // org-bound token without its org header).
+                tracing::warn!(
+                    token.id = %id.record().id,
+                    "token record holds a value that cannot be a header; not forwarding"
+                );
+                return Err((
+                    GatewayError::Denied(auth::Deny::BackendUnavailable),
+                    route_name,
+                    identity,
+                ));
+            }
             if let Some(signer) = &rt.assertion
                 && let Some(v) = signer.assertion(&route_name, &id.lookup)
             {

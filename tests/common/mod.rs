@@ -6,6 +6,7 @@ pub mod admin;
 pub mod dev;
 pub mod gateway;
 pub mod pki;
+pub mod recorder;
 pub mod redis;
 pub mod secrets;
 pub mod upstream;
