@@ -120,6 +120,14 @@ impl GatewayError {
                         "rate_limited",
                     )
                 },
+                Deny::QuotaExceeded(reset) => ErrorParts {
+                    retry_after: Some(secs_ceil(*reset)),
+                    ..plain(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Quota exceeded",
+                        "quota_exceeded",
+                    )
+                },
                 Deny::BackendUnavailable => plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Authentication backend unavailable",

@@ -11,6 +11,7 @@
 //! - [`auth`]: the decision pipeline — format → lookup → state → IP → route policy → rate limit.
 //! - [`ratelimit`]: per-token limits — local (governor) or global (GCRA in Redis, with a
 //!   local fallback) — and the `RateLimit-*` header values.
+//! - [`quota`]: request quotas per UTC day or month, counted in the store.
 //! - [`proxy`]: routing, header hygiene, forwarding with the pooled hyper client.
 //! - [`admin`]: the admin API (SPEC §4) on its own listener.
 //! - [`server`]: listeners, connection handling, graceful shutdown.
@@ -46,6 +47,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
+pub mod quota;
 pub mod ratelimit;
 pub mod server;
 pub mod store;

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub invalidations: Counter,
     /// Requests rejected by rate limits.
     pub rate_limited: Counter,
+    /// Requests let through uncharged because the quota store was unreachable.
+    pub quota_unavailable: Counter,
+    /// Requests rejected with `429 Quota exceeded`.
+    pub quota_exceeded: Counter,
     /// Requests whose global (`mode: redis`) limit was decided by the local fallback.
     pub rate_limit_fallback: Counter,
     /// 1 while global limits are decided by the local fallback (Redis unreachable).
@@ -108,6 +112,8 @@ impl Metrics {
             store_errors: Counter::default(),
             invalidations: Counter::default(),
             rate_limited: Counter::default(),
+            quota_unavailable: Counter::default(),
+            quota_exceeded: Counter::default(),
             rate_limit_fallback: Counter::default(),
             rate_limit_fallback_active: Gauge::default(),
             open_connections: Gauge::default(),
@@ -165,6 +171,16 @@ impl Metrics {
             "rate_limited",
             "Requests rejected by rate limits",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "quota_exceeded",
+            "Requests rejected because their quota for the period is used up",
+            m.quota_exceeded.clone(),
+        );
+        registry.register(
+            "quota_unavailable",
+            "Requests let through uncharged because the quota store was unreachable",
+            m.quota_unavailable.clone(),
         );
         registry.register(
             "rate_limit_fallback",

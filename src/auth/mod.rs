@@ -56,6 +56,8 @@ pub enum Deny {
     WrongProject,
     /// Over the token's rate limit.
     RateLimited(RateHeaders),
+    /// The quota for the period is used up; the period ends in this long.
+    QuotaExceeded(std::time::Duration),
     /// The store is unreachable and the token is not cached.
     BackendUnavailable,
 }

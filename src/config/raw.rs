@@ -179,6 +179,16 @@ pub(crate) struct RawRateLimit {
     /// Absent = the built-in default; explicit `null` = unlimited.
     #[serde(deserialize_with = "present")]
     pub default: Option<Option<RawRate>>,
+    pub quota: Option<RawQuota>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawQuota {
+    #[serde(deserialize_with = "opt_num")]
+    pub requests: Option<u64>,
+    pub period: Option<String>,
+    pub per: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -255,6 +265,8 @@ pub(crate) struct RawRoute {
     pub max_body_bytes: Option<u64>,
     #[serde(deserialize_with = "opt_bool")]
     pub strip_prefix: Option<bool>,
+    #[serde(deserialize_with = "opt_num")]
+    pub quota_cost: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

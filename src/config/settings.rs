@@ -187,6 +187,38 @@ pub struct RateLimitSettings {
     /// Expected number of replicas (default 1). With `mode: redis`, while Redis is
     /// unreachable each replica enforces `1/replicas` of every limit locally.
     pub replicas: u32,
+    /// Request quota per period (`rate_limit.quota`), counted in the store.
+    pub quota: Option<QuotaSettings>,
+}
+
+/// `rate_limit.quota`: how many requests a token (or an owner's tokens together) may
+/// make per calendar period (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaSettings {
+    /// Requests (sum of route `quota_cost`s) per period.
+    pub requests: u64,
+    /// The period.
+    pub period: QuotaPeriod,
+    /// Whose quota a request counts against.
+    pub per: QuotaSubject,
+}
+
+/// A quota period (UTC calendar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    /// From 00:00 UTC to the next.
+    Day,
+    /// From the 1st, 00:00 UTC, to the next month's.
+    Month,
+}
+
+/// Whose quota a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaSubject {
+    /// Each token has its own.
+    Token,
+    /// All of an owner's tokens share one.
+    Owner,
 }
 
 /// Where rate limits are counted.
@@ -320,6 +352,9 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Remove `path_prefix` before forwarding (default false).
     pub strip_prefix: bool,
+    /// What a request on this route costs against `rate_limit.quota` (default 1; 0 =
+    /// free).
+    pub quota_cost: u64,
 }
 
 /// An upstream service.

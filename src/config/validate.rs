@@ -884,10 +884,51 @@ fn rate_limit(cx: &mut Ctx, r: raw::RawRateLimit, store: &StoreSettings) -> Rate
         }
     };
     let replicas = positive_u32(cx, "rate_limit.replicas", r.replicas, 1);
+    let quota = r.quota.map(|q| {
+        let requests = match q.requests {
+            Some(n) if n > 0 => n,
+            Some(_) => {
+                cx.err("rate_limit.quota.requests", "must be at least 1");
+                1
+            }
+            None => {
+                cx.err("rate_limit.quota.requests", "is required");
+                1
+            }
+        };
+        let period = match q.period.as_deref().unwrap_or("month") {
+            "day" => QuotaPeriod::Day,
+            "month" => QuotaPeriod::Month,
+            other => {
+                cx.err(
+                    "rate_limit.quota.period",
+                    format!("`{other}`: expected `day` or `month`"),
+                );
+                QuotaPeriod::Month
+            }
+        };
+        let per = match q.per.as_deref().unwrap_or("token") {
+            "token" => QuotaSubject::Token,
+            "owner" => QuotaSubject::Owner,
+            other => {
+                cx.err(
+                    "rate_limit.quota.per",
+                    format!("`{other}`: expected `token` or `owner`"),
+                );
+                QuotaSubject::Token
+            }
+        };
+        QuotaSettings {
+            requests,
+            period,
+            per,
+        }
+    });
     RateLimitSettings {
         mode,
         default,
         replicas,
+        quota,
     }
 }
 
@@ -1368,6 +1409,7 @@ fn routes(
             org_param,
             max_body_bytes,
             strip_prefix: r.strip_prefix.unwrap_or(false),
+            quota_cost: r.quota_cost.unwrap_or(1),
         });
     }
     out
@@ -1644,6 +1686,7 @@ logging:
                         burst: 100
                     }),
                     replicas: 1,
+                    quota: None,
                 }
             );
             assert!(s.client_ip.trusted_proxies.is_empty());
@@ -2178,6 +2221,18 @@ whoami_path: /$${literal}
             ("store: {embedded: {path: \"\"}}\n", "store.embedded.path"),
             ("cache: {ttl_seconds: 0}\n", "cache.ttl_seconds"),
             ("cache: {max_entries: 0}\n", "cache.max_entries"),
+            (
+                "rate_limit: {quota: {period: day}}\n",
+                "rate_limit.quota.requests",
+            ),
+            (
+                "rate_limit: {quota: {requests: 5, period: week}}\n",
+                "rate_limit.quota.period",
+            ),
+            (
+                "rate_limit: {quota: {requests: 5, per: org}}\n",
+                "rate_limit.quota.per",
+            ),
             (
                 "identity_headers: {assertion: {keys: []}}\n",
                 "identity_headers.assertion.keys",

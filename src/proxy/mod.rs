@@ -337,7 +337,14 @@ impl Gateway {
             .await
             {
                 Ok(identity) => {
-                    let resp = whoami(&identity);
+                    let quota = match &settings.rate_limit.quota {
+                        Some(q) => {
+                            crate::quota::state(self.cache.store().as_ref(), q, identity.record())
+                                .await
+                        }
+                        None => None,
+                    };
+                    let resp = whoami(&identity, quota);
                     Ok((resp, rt.whoami.clone(), Some(identity)))
                 }
                 Err(d) => Err((GatewayError::Denied(d), rt.whoami.clone(), None)),
@@ -378,10 +385,24 @@ impl Gateway {
                 metrics()
                     .auth_seconds
                     .observe(started.elapsed().as_secs_f64());
-                match decision {
-                    Ok(i) => Some(i),
+                let identity = match decision {
+                    Ok(i) => i,
                     Err(d) => return Err((GatewayError::Denied(d), route_name, None)),
+                };
+                // Charged last: a request refused by any other check costs nothing.
+                if let Some(q) = &settings.rate_limit.quota
+                    && let Err(d) = crate::quota::charge(
+                        self.cache.store().as_ref(),
+                        q,
+                        identity.record(),
+                        route.quota_cost,
+                    )
+                    .await
+                {
+                    metrics().quota_exceeded.inc();
+                    return Err((GatewayError::Denied(d), route_name, None));
                 }
+                Some(identity)
             }
         };
 
@@ -563,7 +584,7 @@ async fn tunnel(
 }
 
 /// The whoami document.
-fn whoami(identity: &Identity) -> Response<Body> {
+fn whoami(identity: &Identity, quota: Option<crate::quota::QuotaState>) -> Response<Body> {
     let r = identity.record();
     let doc = serde_json::json!({
         "userId": r.owner_id,
@@ -578,6 +599,7 @@ fn whoami(identity: &Identity) -> Response<Body> {
         "authMethod": "pat",
         "expiresAt": r.expires_at,
         "rateLimit": identity.rate.map(|h| h.to_json()),
+        "quota": quota.map(|q| q.to_json()),
     });
     let mut resp = json_response(StatusCode::OK, Bytes::from(doc.to_string()));
     if let Some(rate) = identity.rate {

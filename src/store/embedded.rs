@@ -46,6 +46,8 @@ const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("tokens");
 const IDS: TableDefinition<&str, &str> = TableDefinition::new("ids");
 const DISABLED_OWNERS: TableDefinition<&str, ()> = TableDefinition::new("disabled_owners");
 const CREATIONS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("creations");
+/// Quota use per subject: (period start, used). One row per subject, reset by a new period.
+const QUOTAS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("quotas");
 const AUDIT: TableDefinition<&str, &str> = TableDefinition::new("audit");
 
 /// Capacity of the local invalidation channel; a lagging receiver clears its cache.
@@ -150,6 +152,7 @@ impl EmbeddedStore {
         tx.open_table(IDS).map_err(db_err)?;
         tx.open_table(DISABLED_OWNERS).map_err(db_err)?;
         tx.open_table(CREATIONS).map_err(db_err)?;
+        tx.open_table(QUOTAS).map_err(db_err)?;
         tx.open_table(AUDIT).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(db)
@@ -560,6 +563,56 @@ impl TokenStore for EmbeddedStore {
             tx.commit().map_err(db_err)?;
             let end_ms = (start + window_secs) * 1000;
             Ok((count, Duration::from_millis(end_ms.saturating_sub(now_ms))))
+        })
+        .await
+    }
+
+    async fn charge_quota(
+        &self,
+        subject: &str,
+        period_start: u64,
+        _period_end: u64,
+        cost: u64,
+        limit: u64,
+    ) -> Result<(bool, u64), StoreError> {
+        let subject = subject.to_string();
+        self.run(move |db| {
+            let mut tx = db.begin_write().map_err(db_err)?;
+            // One write per request: durable with the next durable commit (the usage
+            // flush, every 500 ms), not fsynced on its own.
+            tx.set_durability(redb::Durability::None).map_err(db_err)?;
+            let result = {
+                let mut t = tx.open_table(QUOTAS).map_err(db_err)?;
+                let used = match t.get(subject.as_str()).map_err(db_err)?.map(|v| v.value()) {
+                    Some((start, used)) if start == period_start => used,
+                    _ => 0,
+                };
+                if used.saturating_add(cost) > limit {
+                    (false, used)
+                } else {
+                    let used = used + cost;
+                    t.insert(subject.as_str(), (period_start, used))
+                        .map_err(db_err)?;
+                    (true, used)
+                }
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn quota_used(&self, subject: &str, period_start: u64) -> Result<u64, StoreError> {
+        let subject = subject.to_string();
+        self.run(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(QUOTAS).map_err(db_err)?;
+            Ok(
+                match t.get(subject.as_str()).map_err(db_err)?.map(|v| v.value()) {
+                    Some((start, used)) if start == period_start => used,
+                    _ => 0,
+                },
+            )
         })
         .await
     }

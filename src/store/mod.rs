@@ -102,6 +102,22 @@ pub trait TokenStore: Send + Sync + 'static {
         window: Duration,
     ) -> Result<(u64, Duration), StoreError>;
 
+    /// Charges `cost` against `subject`'s quota of `limit` for the period that starts
+    /// at `period_start` and ends at `period_end` (Unix seconds), unless that would
+    /// exceed it: one atomic step. Returns whether it was charged and the amount used
+    /// afterwards (unchanged when refused). A new period starts from zero.
+    async fn charge_quota(
+        &self,
+        subject: &str,
+        period_start: u64,
+        period_end: u64,
+        cost: u64,
+        limit: u64,
+    ) -> Result<(bool, u64), StoreError>;
+
+    /// How much of `subject`'s quota the period starting at `period_start` has used.
+    async fn quota_used(&self, subject: &str, period_start: u64) -> Result<u64, StoreError>;
+
     /// Appends an audit event (the store caps the trail's length).
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 

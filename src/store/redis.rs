@@ -123,6 +123,17 @@ return 1
 ";
 
 /// `KEYS[1]` = window counter, `ARGV[1]` = TTL secs. Returns the new count.
+/// Quota: charge ARGV[1] unless the total would pass ARGV[2]; the key lives until
+/// ARGV[3] (Unix seconds, the period's end plus a day). Returns {charged, used}.
+const QUOTA_LUA: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cost = tonumber(ARGV[1])
+if used + cost > tonumber(ARGV[2]) then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], cost)
+if used == cost then redis.call('EXPIREAT', KEYS[1], ARGV[3]) end
+return {1, used}
+";
+
 const COUNT_LUA: &str = r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
@@ -191,6 +202,7 @@ struct Scripts {
     usage: Script,
     count: Script,
     gcra: Script,
+    quota: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -369,6 +381,7 @@ impl RedisStore {
                 usage: Script::new(USAGE_LUA),
                 count: Script::new(COUNT_LUA),
                 gcra: Script::new(GCRA_LUA),
+                quota: Script::new(QUOTA_LUA),
             },
         };
         // Give a healthy Redis the chance to be fully ready when we return; a down one
@@ -453,6 +466,9 @@ impl RedisStore {
     }
     fn k_crl(&self, owner: &str, start: u64) -> String {
         format!("{}crl:{{{owner}}}:{start}", self.prefix)
+    }
+    fn k_quota(&self, subject: &str, start: u64) -> String {
+        format!("{}quota:{{{subject}}}:{start}", self.prefix)
     }
     fn k_rl(&self, id: &str) -> String {
         format!("{}rl:{{{id}}}", self.prefix)
@@ -1067,6 +1083,35 @@ impl TokenStore for RedisStore {
             u64::try_from(n).unwrap_or(0),
             Duration::from_millis(end_ms.saturating_sub(now_ms)),
         ))
+    }
+
+    async fn charge_quota(
+        &self,
+        subject: &str,
+        period_start: u64,
+        period_end: u64,
+        cost: u64,
+        limit: u64,
+    ) -> Result<(bool, u64), StoreError> {
+        let (charged, used): (i64, i64) = self
+            .script(
+                &self.scripts.quota,
+                &[&self.k_quota(subject, period_start)],
+                &[
+                    cost.to_string(),
+                    limit.to_string(),
+                    (period_end + 86_400).to_string(),
+                ],
+            )
+            .await?;
+        Ok((charged == 1, u64::try_from(used).unwrap_or(0)))
+    }
+
+    async fn quota_used(&self, subject: &str, period_start: u64) -> Result<u64, StoreError> {
+        let used: Option<u64> = self
+            .query(redis::cmd("GET").arg(self.k_quota(subject, period_start)))
+            .await?;
+        Ok(used.unwrap_or(0))
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

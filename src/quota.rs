@@ -1,0 +1,154 @@
+//! Request quotas per calendar period (SPEC §3: `429 Quota exceeded`), counted in the
+//! store so they hold across replicas.
+//!
+//! `rate_limit.quota` gives every token (or every owner, for all their tokens
+//! together) `requests` per UTC day or month; each route costs `quota_cost` (default
+//! 1, 0 = free). A request is charged after it passed every other check, in one atomic
+//! store step that refuses to go over the quota (a refused request costs nothing);
+//! over quota the answer is `429 {"error":"Quota exceeded"}` with `Retry-After` = the
+//! time to the period's end.
+//!
+//! Store unreachable: the request is let through uncharged and
+//! `patgate_quota_unavailable_total` counts it. A quota is an allowance, not a
+//! protection (the rate limit is that), and failing closed here would turn a Redis
+//! outage into an outage for every cached token.
+
+use std::time::Duration;
+
+use jiff::tz::Offset;
+use jiff::{Timestamp, ToSpan};
+
+use crate::auth::Deny;
+use crate::config::{QuotaPeriod, QuotaSettings, QuotaSubject};
+use crate::metrics::metrics;
+use crate::store::{TokenRecord, TokenStore};
+
+/// A subject's quota right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaState {
+    /// Requests per period.
+    pub limit: u64,
+    /// Used so far in this period.
+    pub used: u64,
+    /// Time until the period ends.
+    pub reset: Duration,
+}
+
+impl QuotaState {
+    /// JSON for whoami: `{limit, used, remaining, resetSeconds}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "limit": self.limit,
+            "used": self.used,
+            "remaining": self.limit.saturating_sub(self.used),
+            "resetSeconds": self.reset.as_secs() + u64::from(self.reset.subsec_nanos() > 0),
+        })
+    }
+}
+
+/// The period containing `now`: its start and end in Unix seconds.
+pub fn period(now: Timestamp, p: QuotaPeriod) -> (u64, u64) {
+    let secs = u64::try_from(now.as_second()).unwrap_or(0);
+    match p {
+        QuotaPeriod::Day => {
+            let start = secs / 86_400 * 86_400;
+            (start, start + 86_400)
+        }
+        QuotaPeriod::Month => {
+            let utc = Offset::UTC;
+            let first = utc.to_datetime(now).date().first_of_month();
+            let unix = |d: jiff::civil::Date| {
+                utc.to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+                    .ok()
+                    .and_then(|t| u64::try_from(t.as_second()).ok())
+            };
+            let start = unix(first).unwrap_or(secs);
+            let end = first
+                .checked_add(1.month())
+                .ok()
+                .and_then(unix)
+                .unwrap_or(start + 31 * 86_400);
+            (start, end)
+        }
+    }
+}
+
+fn subject<'a>(q: &QuotaSettings, record: &'a TokenRecord) -> String {
+    match q.per {
+        QuotaSubject::Token => format!("t:{}", record.id),
+        QuotaSubject::Owner => format!("o:{}", record.owner_id),
+    }
+}
+
+/// Charges `cost` for `record`'s request. `Err(QuotaExceeded)` when it would go over.
+pub async fn charge(
+    store: &dyn TokenStore,
+    q: &QuotaSettings,
+    record: &TokenRecord,
+    cost: u64,
+) -> Result<Option<QuotaState>, Deny> {
+    if cost == 0 {
+        return Ok(None);
+    }
+    let now = crate::clock::wall();
+    let (start, end) = period(now, q.period);
+    let reset =
+        Duration::from_secs(end.saturating_sub(u64::try_from(now.as_second()).unwrap_or(0)));
+    match store
+        .charge_quota(&subject(q, record), start, end, cost, q.requests)
+        .await
+    {
+        Ok((true, used)) => Ok(Some(QuotaState {
+            limit: q.requests,
+            used,
+            reset,
+        })),
+        Ok((false, _)) => Err(Deny::QuotaExceeded(reset)),
+        Err(e) => {
+            metrics().quota_unavailable.inc();
+            tracing::debug!(error = %e, "quota store unreachable; request not charged");
+            Ok(None)
+        }
+    }
+}
+
+/// The quota state of `record`'s subject, without charging (for whoami).
+pub async fn state(
+    store: &dyn TokenStore,
+    q: &QuotaSettings,
+    record: &TokenRecord,
+) -> Option<QuotaState> {
+    let now = crate::clock::wall();
+    let (start, end) = period(now, q.period);
+    let used = store.quota_used(&subject(q, record), start).await.ok()?;
+    Some(QuotaState {
+        limit: q.requests,
+        used,
+        reset: Duration::from_secs(end.saturating_sub(u64::try_from(now.as_second()).unwrap_or(0))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn periods_are_utc_calendar_days_and_months() {
+        let (s, e) = period(ts("2026-11-23T17:05:00Z"), QuotaPeriod::Day);
+        assert_eq!(s, ts("2026-11-23T00:00:00Z").as_second() as u64);
+        assert_eq!(e, ts("2026-11-24T00:00:00Z").as_second() as u64);
+        let (s, e) = period(ts("2026-11-23T17:05:00Z"), QuotaPeriod::Month);
+        assert_eq!(s, ts("2026-11-01T00:00:00Z").as_second() as u64);
+        assert_eq!(e, ts("2026-12-01T00:00:00Z").as_second() as u64);
+        let (s, e) = period(ts("2026-12-31T23:59:59Z"), QuotaPeriod::Month);
+        assert_eq!(s, ts("2026-12-01T00:00:00Z").as_second() as u64);
+        assert_eq!(e, ts("2027-01-01T00:00:00Z").as_second() as u64);
+        let (s, e) = period(ts("2028-02-29T12:00:00Z"), QuotaPeriod::Month);
+        assert_eq!(s, ts("2028-02-01T00:00:00Z").as_second() as u64);
+        assert_eq!(e, ts("2028-03-01T00:00:00Z").as_second() as u64);
+    }
+}
