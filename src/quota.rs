@@ -73,7 +73,7 @@ pub fn period(now: Timestamp, p: QuotaPeriod) -> (u64, u64) {
     }
 }
 
-fn subject<'a>(q: &QuotaSettings, record: &'a TokenRecord) -> String {
+fn subject(q: &QuotaSettings, record: &TokenRecord) -> String {
     match q.per {
         QuotaSubject::Token => format!("t:{}", record.id),
         QuotaSubject::Owner => format!("o:{}", record.owner_id),
