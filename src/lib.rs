@@ -10,7 +10,7 @@
 //! - [`auth`]: the decision pipeline — format → lookup → state → IP → route policy → rate limit.
 //! - [`ratelimit`]: per-token limits (governor) and the `RateLimit-*` header values.
 //! - [`proxy`]: routing, header hygiene, forwarding with the pooled hyper client.
-//! - [`admin`]: the admin API (SPEC §4) on its own listener.
+//! - [`admin`]: the admin API (SPEC §4) on its own listener, and the web console (`/ui/`).
 //! - [`server`]: listeners, connection handling, graceful shutdown.
 //! - [`error`]: the one place where a denial or failure becomes a response.
 //! - [`cli`]: the `patgate` command line (the binary is a thin wrapper).
