@@ -13,7 +13,7 @@
 //!   local fallback) — and the `RateLimit-*` header values.
 //! - [`quota`]: request quotas per UTC day or month, counted in the store.
 //! - [`proxy`]: routing, header hygiene, forwarding with the pooled hyper client.
-//! - [`admin`]: the admin API (SPEC §4) on its own listener.
+//! - [`admin`]: the admin API (SPEC §4) on its own listener, and the web console (`/ui/`).
 //! - [`server`]: listeners, connection handling, graceful shutdown.
 //! - [`error`]: the one place where a denial or failure becomes a response.
 //! - [`cli`]: the `patgate` command line (the binary is a thin wrapper).

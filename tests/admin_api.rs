@@ -917,6 +917,115 @@ async fn metrics_are_served_in_prometheus_text(backend: Backend) {
     assert!(!text.contains(&token[4..]), "no secret in metrics");
 }
 
+async fn hourly_usage_counts_real_traffic_with_the_token_authorization(backend: Backend) {
+    let e = env(backend).await;
+    let (token, record) = e
+        .admin
+        .create(json!({"name": "busy", "ownerId": "u1", "permissions": ["tokens:self"]}))
+        .await;
+    let id = record["id"].as_str().unwrap();
+    for _ in 0..5 {
+        assert_eq!(status_with(&format!("{}/x", e.gw.url), &token).await, 200);
+    }
+    // The flusher writes at least once a second; wait for all five to land.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let (status, usage) = e
+            .admin
+            .call(Method::GET, &format!("/v1/tokens/{id}/usage"), None)
+            .await;
+        assert_eq!(status, 200, "{usage}");
+        let total: u64 = usage["hours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["requests"].as_u64().unwrap())
+            .sum();
+        if total >= 5 || std::time::Instant::now() > deadline {
+            assert_eq!(total, 5, "{usage}");
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(usage["tokenId"], id);
+    let hours = usage["hours"].as_array().unwrap();
+    assert_eq!(hours.len(), 168, "7 days of hours, zeros filled");
+    // Oldest first, one hour apart, the current hour last and holding the traffic.
+    let at = |i: usize| {
+        hours[i]["hour"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    assert_eq!(at(1).as_second() - at(0).as_second(), 3600);
+    assert_eq!(at(167).as_second() % 3600, 0);
+    let now = jiff::Timestamp::now().as_second();
+    assert!(now - at(167).as_second() < 3600 + 5, "{}", at(167));
+    // All in the current hour (or the one before, if the clock just turned).
+    let n = |i: usize| hours[i]["requests"].as_u64().unwrap();
+    assert_eq!(n(166) + n(167), 5, "{usage}");
+    assert!(hours[..166].iter().all(|h| h["requests"] == 0));
+
+    // Same authorization as GET /v1/tokens/{id}: the token itself (tokens:self) may
+    // read its own usage; another owner's PAT may not; strangers get 401.
+    let (status, _) = as_pat(
+        &e,
+        &token,
+        Method::GET,
+        &format!("/v1/tokens/{id}/usage"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (other, _) = e
+        .admin
+        .create(json!({"name": "other", "ownerId": "u2", "permissions": ["tokens:self"]}))
+        .await;
+    let (status, _) = as_pat(
+        &e,
+        &other,
+        Method::GET,
+        &format!("/v1/tokens/{id}/usage"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let r = reqwest::get(format!("{}/v1/tokens/{id}/usage", e.gw.admin_url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (status, _) = e
+        .admin
+        .call(Method::GET, "/v1/tokens/nope/usage", None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+async fn caller_says_who_is_asking_and_what_it_may_do(backend: Backend) {
+    let e = env(backend).await;
+    let (status, me) = e.admin.call(Method::GET, "/v1/caller", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["kind"], "adminKey");
+    assert_eq!(me["name"], "test");
+    assert_eq!(me["canAudit"], true);
+    let (token, record) = e
+        .admin
+        .create(
+            json!({"name": "me", "ownerId": "u1", "orgId": "o1", "permissions": ["tokens:admin"]}),
+        )
+        .await;
+    let (status, me) = as_pat(&e, &token, Method::GET, "/v1/caller", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["kind"], "pat");
+    assert_eq!(me["role"], "tokens:admin");
+    assert_eq!(me["tokenId"], record["id"]);
+    assert_eq!(me["orgId"], "o1");
+    assert_eq!(me["canAudit"], false);
+    assert_eq!(me["canManageOwners"], false);
+    assert!(!me.to_string().contains(&token[12..]), "no secret in {me}");
+}
+
 /// One `#[tokio::test]` per store for each scenario.
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
@@ -943,4 +1052,6 @@ both!(
     a_tokens_self_pat_manages_only_its_own_tokens_without_escalation,
     other_pats_and_bad_credentials_are_refused_with_clear_messages,
     metrics_are_served_in_prometheus_text,
+    hourly_usage_counts_real_traffic_with_the_token_authorization,
+    caller_says_who_is_asking_and_what_it_may_do,
 );

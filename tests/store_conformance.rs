@@ -541,6 +541,47 @@ async fn usage_accumulates_and_last_used_only_moves_forward(s: &dyn TokenStore) 
     assert!(s.get("unknown-id").await.unwrap().is_none());
 }
 
+async fn usage_is_also_counted_per_hour(s: &dyn TokenStore) {
+    let id = new_id();
+    s.create(&hash("h"), &simple_record(&id, "h"))
+        .await
+        .unwrap();
+    // 1_800_000_000 s is a whole hour (500_000), in the middle of a UTC day.
+    let h0 = 500_000;
+    let t =
+        |hours: i64, secs: i64| Timestamp::from_second(h0 * 3600 + hours * 3600 + secs).unwrap();
+    assert_eq!(patgate::store::hour_of(t(0, 0)), h0);
+    assert_eq!(patgate::store::hour_of(t(0, 3599)), h0);
+    let delta = |id: &str, count, at| UsageDelta {
+        id: id.to_string(),
+        count,
+        last_used_at: at,
+    };
+    s.record_usage(&[delta(&id, 3, t(0, 10)), delta("unknown-id", 9, t(0, 10))])
+        .await
+        .unwrap();
+    s.record_usage(&[delta(&id, 2, t(0, 3599))]).await.unwrap();
+    s.record_usage(&[delta(&id, 4, t(1, 0))]).await.unwrap();
+    // 30 hours later: another UTC day (another Redis key, same slot).
+    s.record_usage(&[delta(&id, 1, t(30, 5))]).await.unwrap();
+    let got = s.hourly_usage(&id, h0 - 1, 40).await.unwrap();
+    let mut want = vec![0u64; 40];
+    want[1] = 5;
+    want[2] = 4;
+    want[31] = 1;
+    assert_eq!(got, want);
+    // Any window, zeros filled; nothing for unknown ids; empty for zero hours.
+    assert_eq!(s.hourly_usage(&id, h0 + 1, 1).await.unwrap(), vec![4]);
+    assert_eq!(s.hourly_usage(&id, h0 + 2, 3).await.unwrap(), vec![0, 0, 0]);
+    assert_eq!(
+        s.hourly_usage("unknown-id", h0, 2).await.unwrap(),
+        vec![0, 0]
+    );
+    assert!(s.hourly_usage(&id, h0, 0).await.unwrap().is_empty());
+    // The totals agree with the per-hour counts.
+    assert_eq!(s.get(&id).await.unwrap().unwrap().usage_count, 10);
+}
+
 async fn creations_are_counted_per_owner_within_a_window(s: &dyn TokenStore) {
     let hour = Duration::from_secs(3600);
     for expected in 1..=3 {
@@ -736,6 +777,7 @@ conformance!(
     list_pages_with_a_cursor_without_duplicates_or_omissions,
     owners_can_be_disabled_and_enabled,
     usage_accumulates_and_last_used_only_moves_forward,
+    usage_is_also_counted_per_hour,
     creations_are_counted_per_owner_within_a_window,
     audit_lists_newest_first_with_filters_and_cursor,
     published_invalidations_reach_subscribers,

@@ -9,11 +9,15 @@
 //! by SHA-256 in constant time against every configured key. Handlers are thin: they
 //! parse input ([`input`]), call [`crate::lifecycle::Lifecycle`], and render JSON; the
 //! mapping of a [`LifecycleError`] to a status is one exhaustive `match`.
+//!
+//! The web console ([`ui`]) is served beside the API under `/ui/`: static assets, no
+//! authentication (the page's API calls carry the operator's credential).
 
 pub mod authorize;
 pub mod caller;
 pub mod input;
 pub mod routes;
+pub mod ui;
 
 #[cfg(test)]
 mod openapi_doc_tests;
@@ -39,6 +43,9 @@ use routes::{ApiOp, Match, Op, Params, PublicOp};
 /// The admin API's OpenAPI 3.1 document (`openapi/patgate-admin.json`), served at
 /// `GET /v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi/patgate-admin.json");
+
+/// Hours answered by `GET /v1/tokens/{id}/usage`: 7 days.
+const USAGE_HOURS: usize = 7 * 24;
 
 /// Largest admin request body.
 const MAX_BODY: usize = 1 << 20;
@@ -202,6 +209,9 @@ impl Admin {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
+        if ui::is_ui_path(&path) {
+            return ui::serve(&method, &path);
+        }
         let op = match routes::match_route(method.as_str(), &path) {
             Match::Found(op, params) => (op, params),
             Match::MethodNotAllowed {
@@ -367,6 +377,7 @@ impl Admin {
     ) -> Reply {
         let lc = &self.lifecycle;
         match op {
+            ApiOp::GetCaller => ok_json(StatusCode::OK, &caller_info(who)),
             ApiOp::CreateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let mut new = input::new_token(&mut f)?;
@@ -400,6 +411,11 @@ impl Admin {
             ApiOp::GetToken => {
                 let r = self.managed(who, p.get("id")).await?;
                 ok_json(StatusCode::OK, &r)
+            }
+            ApiOp::TokenUsage => {
+                let r = self.managed(who, p.get("id")).await?;
+                let body = self.hourly_usage(&r.id).await?;
+                ok_json(StatusCode::OK, &body)
             }
             ApiOp::UpdateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
@@ -509,6 +525,26 @@ impl Admin {
         ok_json(status, &body)
     }
 
+    /// `GET /v1/tokens/{id}/usage`: the last [`USAGE_HOURS`] hours, the current one
+    /// last, zeros filled.
+    async fn hourly_usage(&self, id: &str) -> Result<serde_json::Value, LifecycleError> {
+        let now = crate::store::hour_of(jiff::Timestamp::now());
+        let from = now - (USAGE_HOURS as i64 - 1);
+        let counts = self
+            .lifecycle
+            .store()
+            .hourly_usage(id, from, USAGE_HOURS)
+            .await?;
+        let hours: Vec<serde_json::Value> = (from..)
+            .zip(counts)
+            .map(|(h, n)| {
+                let start = jiff::Timestamp::from_second(h * 3600).unwrap_or_default();
+                serde_json::json!({"hour": start.to_string(), "requests": n})
+            })
+            .collect();
+        Ok(serde_json::json!({"tokenId": id, "hours": hours}))
+    }
+
     async fn set_active(&self, id: &str, active: bool, by: &Caller) -> Reply {
         let patch = TokenPatch {
             is_active: Some(active),
@@ -531,6 +567,42 @@ impl Admin {
             StatusCode::OK,
             &serde_json::json!({"ownerId": owner, "disabled": disabled}),
         )
+    }
+}
+
+/// `GET /v1/caller`: the caller and what it may do; never a secret (a PAT caller
+/// sees its own record's display prefix only).
+fn caller_info(who: &Principal) -> serde_json::Value {
+    match who {
+        Principal::AdminKey(name) => serde_json::json!({
+            "kind": "adminKey",
+            "name": name,
+            "canAudit": true,
+            "canImport": true,
+            "canManageOwners": true,
+        }),
+        Principal::Pat { record, org_admin } => {
+            let role = if *org_admin {
+                authorize::TOKENS_ADMIN
+            } else {
+                authorize::TOKENS_SELF
+            };
+            serde_json::json!({
+                "kind": "pat",
+                "name": record.name,
+                "tokenId": record.id,
+                "prefix": record.prefix,
+                "ownerId": record.owner_id,
+                "orgId": record.org_id,
+                "projectId": record.project_id,
+                "role": role,
+                "permissions": record.permissions,
+                "scopes": record.scopes,
+                "canAudit": false,
+                "canImport": false,
+                "canManageOwners": false,
+            })
+        }
     }
 }
 

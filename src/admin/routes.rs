@@ -14,7 +14,7 @@
 //! (after caller authentication for `/v1` paths, so unauthenticated callers learn no
 //! more than a 401). A path that matches no template is `404`.
 //!
-//! Cost: matching walks the table (18 entries) comparing segments; it allocates only
+//! Cost: matching walks the table (20 entries) comparing segments; it allocates only
 //! for the segment list and the decoded captures.
 
 /// What a route does, split by whether the caller must authenticate: the type system
@@ -43,6 +43,8 @@ pub enum PublicOp {
 /// Authenticated management operations (SPEC §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiOp {
+    /// `GET /v1/caller`: who the caller is and what it may do (the console's whoami).
+    GetCaller,
     /// `POST /v1/tokens`.
     CreateToken,
     /// `GET /v1/tokens`.
@@ -55,6 +57,8 @@ pub enum ApiOp {
     UpdateToken,
     /// `DELETE /v1/tokens/{id}`.
     DeleteToken,
+    /// `GET /v1/tokens/{id}/usage`: requests per hour, last 7 days.
+    TokenUsage,
     /// `POST /v1/tokens/{id}/revoke`.
     RevokeToken,
     /// `POST /v1/tokens/{id}/deactivate`.
@@ -81,12 +85,14 @@ impl Op {
             Op::Public(PublicOp::Readyz) => "readyz",
             Op::Public(PublicOp::OpenApi) => "getOpenApi",
             Op::Public(PublicOp::Metrics) => "metrics",
+            Op::Api(ApiOp::GetCaller) => "getCaller",
             Op::Api(ApiOp::CreateToken) => "createToken",
             Op::Api(ApiOp::ListTokens) => "listTokens",
             Op::Api(ApiOp::ImportToken) => "importToken",
             Op::Api(ApiOp::GetToken) => "getToken",
             Op::Api(ApiOp::UpdateToken) => "updateToken",
             Op::Api(ApiOp::DeleteToken) => "deleteToken",
+            Op::Api(ApiOp::TokenUsage) => "getTokenUsage",
             Op::Api(ApiOp::RevokeToken) => "revokeToken",
             Op::Api(ApiOp::DeactivateToken) => "deactivateToken",
             Op::Api(ApiOp::ActivateToken) => "activateToken",
@@ -126,12 +132,14 @@ pub const ROUTES: &[RouteDef] = &[
     route("GET", "/readyz", Op::Public(PublicOp::Readyz)),
     route("GET", "/v1/openapi.json", Op::Public(PublicOp::OpenApi)),
     route("GET", "/metrics", Op::Public(PublicOp::Metrics)),
+    route("GET", "/v1/caller", Op::Api(ApiOp::GetCaller)),
     route("POST", "/v1/tokens", Op::Api(ApiOp::CreateToken)),
     route("GET", "/v1/tokens", Op::Api(ApiOp::ListTokens)),
     route("POST", "/v1/tokens/import", Op::Api(ApiOp::ImportToken)),
     route("GET", "/v1/tokens/{id}", Op::Api(ApiOp::GetToken)),
     route("PATCH", "/v1/tokens/{id}", Op::Api(ApiOp::UpdateToken)),
     route("DELETE", "/v1/tokens/{id}", Op::Api(ApiOp::DeleteToken)),
+    route("GET", "/v1/tokens/{id}/usage", Op::Api(ApiOp::TokenUsage)),
     route(
         "POST",
         "/v1/tokens/{id}/revoke",
@@ -364,12 +372,15 @@ mod tests {
         for r in ROUTES {
             let wanted = match r.op {
                 Op::Public(_)
-                | Op::Api(ApiOp::CreateToken | ApiOp::ListTokens | ApiOp::ImportToken)
+                | Op::Api(
+                    ApiOp::GetCaller | ApiOp::CreateToken | ApiOp::ListTokens | ApiOp::ImportToken,
+                )
                 | Op::Api(ApiOp::ListAudit | ApiOp::ReloadConfig) => None,
                 Op::Api(
                     ApiOp::GetToken
                     | ApiOp::UpdateToken
                     | ApiOp::DeleteToken
+                    | ApiOp::TokenUsage
                     | ApiOp::RevokeToken
                     | ApiOp::DeactivateToken
                     | ApiOp::ActivateToken

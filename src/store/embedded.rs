@@ -16,6 +16,7 @@
 //! | `disabled_owners` | owner id | `()` (present = disabled) |
 //! | `creations` | owner id | `(window start secs, count)`: one fixed window per owner |
 //! | `audit` | event id (ULID, time ordered) | JSON event; trimmed to `audit_max_events` |
+//! | `usage_hourly` | (token id, hours since the epoch) | requests in that hour; pruned to 8 days when the token's usage is next recorded, removed on delete |
 //!
 //! Usage (`usageCount`, `lastUsedAt`) is folded directly into the record. Aliases always
 //! point at the *current* hash (a rotation rewrites older aliases), so a lookup is at
@@ -36,8 +37,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::broadcast;
 
 use super::{
-    AuditEvent, AuditQuery, Changed, Invalidation, InvalidationRx, ListQuery, Lookup, Mutation,
-    Page, StoreError, TokenRecord, TokenStore, UsageDelta,
+    AuditEvent, AuditQuery, Changed, HOURLY_RETENTION_HOURS, Invalidation, InvalidationRx,
+    ListQuery, Lookup, Mutation, Page, StoreError, TokenRecord, TokenStore, UsageDelta, hour_of,
 };
 use crate::config::EmbeddedSettings;
 use crate::token::TokenHash;
@@ -49,6 +50,9 @@ const CREATIONS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("creat
 /// Quota use per subject: (period start, used). One row per subject, reset by a new period.
 const QUOTAS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("quotas");
 const AUDIT: TableDefinition<&str, &str> = TableDefinition::new("audit");
+/// Requests per (token id, hour number); rows older than the retention are pruned
+/// when the token's usage is next recorded, and all of a token's rows on delete.
+const USAGE_HOURLY: TableDefinition<(&str, i64), u64> = TableDefinition::new("usage_hourly");
 
 /// Capacity of the local invalidation channel; a lagging receiver clears its cache.
 const INVALIDATION_CAPACITY: usize = 1024;
@@ -154,6 +158,7 @@ impl EmbeddedStore {
         tx.open_table(CREATIONS).map_err(db_err)?;
         tx.open_table(QUOTAS).map_err(db_err)?;
         tx.open_table(AUDIT).map_err(db_err)?;
+        tx.open_table(USAGE_HOURLY).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(db)
     }
@@ -455,6 +460,12 @@ impl TokenStore for EmbeddedStore {
                     tokens.remove(h.0.as_slice()).map_err(db_err)?;
                 }
                 ids.remove(id.as_str()).map_err(db_err)?;
+                let mut hourly = tx.open_table(USAGE_HOURLY).map_err(db_err)?;
+                hourly
+                    .retain_in((id.as_str(), i64::MIN)..=(id.as_str(), i64::MAX), |_, _| {
+                        false
+                    })
+                    .map_err(db_err)?;
                 Changed { record, hashes }
             };
             tx.commit().map_err(db_err)?;
@@ -515,10 +526,24 @@ impl TokenStore for EmbeddedStore {
             {
                 let ids = tx.open_table(IDS).map_err(db_err)?;
                 let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
+                let mut hourly = tx.open_table(USAGE_HOURLY).map_err(db_err)?;
                 for d in &batch {
                     let Some(entry) = read_id(&ids, &d.id)? else {
                         continue;
                     };
+                    let hour = hour_of(d.last_used_at);
+                    let key = (d.id.as_str(), hour);
+                    let prev = hourly.get(key).map_err(db_err)?.map_or(0, |v| v.value());
+                    hourly
+                        .insert(key, prev.saturating_add(d.count))
+                        .map_err(db_err)?;
+                    let cutoff = hour - HOURLY_RETENTION_HOURS;
+                    hourly
+                        .retain_in(
+                            (d.id.as_str(), i64::MIN)..(d.id.as_str(), cutoff),
+                            |_, _| false,
+                        )
+                        .map_err(db_err)?;
                     let Some(mut record) = read_record(&tokens, &entry)? else {
                         continue;
                     };
@@ -534,6 +559,36 @@ impl TokenStore for EmbeddedStore {
                 }
             }
             tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn hourly_usage(
+        &self,
+        id: &str,
+        from_hour: i64,
+        hours: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let id = id.to_string();
+        self.run(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let hourly = tx.open_table(USAGE_HOURLY).map_err(db_err)?;
+            let mut out = vec![0u64; hours];
+            let end = from_hour.saturating_add(i64::try_from(hours).unwrap_or(i64::MAX));
+            for row in hourly
+                .range((id.as_str(), from_hour)..(id.as_str(), end))
+                .map_err(db_err)?
+            {
+                let (k, v) = row.map_err(db_err)?;
+                let (_, hour) = k.value();
+                if let Some(slot) = usize::try_from(hour - from_hour)
+                    .ok()
+                    .and_then(|i| out.get_mut(i))
+                {
+                    *slot = v.value();
+                }
+            }
+            Ok(out)
         })
         .await
     }

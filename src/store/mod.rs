@@ -23,6 +23,16 @@ use tokio::sync::broadcast;
 
 use crate::token::TokenHash;
 
+/// How long hourly usage buckets are kept: 8 days, so the console's 7-day chart is
+/// always complete.
+pub const HOURLY_RETENTION_HOURS: i64 = 8 * 24;
+
+/// The hour number of `t`: whole hours since the Unix epoch (the key of an hourly
+/// usage bucket).
+pub fn hour_of(t: jiff::Timestamp) -> i64 {
+    t.as_second().div_euclid(3600)
+}
+
 /// A store failure. `Unavailable` means "could not reach / timed out" — the data plane
 /// answers 503 for uncached tokens; the admin API answers 503 too.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +102,20 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
 
     /// Adds usage counts and moves `lastUsedAt` forward; unknown ids are skipped.
+    /// Also adds each delta's count to the token's hourly bucket for the hour of its
+    /// `last_used_at` (a batch covers ≤ 1 s, so at most that much lands in the next
+    /// hour's bucket); buckets are kept [`HOURLY_RETENTION_HOURS`].
     async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
+
+    /// Requests per hour for token `id` over `hours` consecutive hours starting at
+    /// `from_hour` (an [`hour_of`] number), oldest first; zero where nothing was
+    /// counted (also for unknown ids and hours past retention).
+    async fn hourly_usage(
+        &self,
+        id: &str,
+        from_hour: i64,
+        hours: usize,
+    ) -> Result<Vec<u64>, StoreError>;
 
     /// Counts a creation for `owner_id` in the current fixed window of `window`;
     /// returns the count including this one and the time left in the window.

@@ -11,6 +11,7 @@
 //! | `<p>tok:<sha256 hex>` | string | `{"record": TokenRecord}` for the current secret, or `{"aliasOf": "<new hex>", "graceUntil": RFC 3339}` with `PEXPIRE` for a rotated-out secret in its grace period |
 //! | `<p>id:{<id>}` | string | `{"hash": "<current hex>", "graced": [{"hash", "until"}]}` |
 //! | `<p>usage:{<id>}` | hash | `count`, `last` (ms): usage added by the flushers, merged into `usageCount`/`lastUsedAt` by `get`/`list` |
+//! | `<p>hourly:{<id>}:<day>` | hash | requests per hour of one UTC day (`day` = hour / 24), field = hours since the epoch; written by the usage script, `EXPIRE` 8 days (left to expire on delete) |
 //! | `<p>ids` | zset | every id, score 0: ids are ULIDs, so `ZRANGEBYLEX` pages in creation order |
 //! | `<p>owners:disabled` | set | ids of disabled owners (small; every replica keeps a copy in memory) |
 //! | `<p>crl:{<owner>}:<window start secs>` | string | creation counter of one fixed window (expires with it) |
@@ -73,8 +74,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 
 use super::{
-    AuditEvent, AuditQuery, Changed, Invalidation, InvalidationRx, ListQuery, Lookup, Mutation,
-    Page, StoreError, TokenRecord, TokenStore, UsageDelta,
+    AuditEvent, AuditQuery, Changed, HOURLY_RETENTION_HOURS, Invalidation, InvalidationRx,
+    ListQuery, Lookup, Mutation, Page, StoreError, TokenRecord, TokenStore, UsageDelta, hour_of,
 };
 use crate::config::{RedisSettings, SentinelSettings};
 use crate::ratelimit::gcra::GCRA_LUA;
@@ -111,10 +112,13 @@ end
 return 1
 ";
 
-/// `KEYS[1]` = id key, `KEYS[2]` = usage key (same slot), `ARGV` = count, last ms.
+/// `KEYS[1]` = id key, `KEYS[2]` = usage key, `KEYS[3]` = the day's hourly key (one
+/// slot: same hash tag), `ARGV` = count, last ms, hour number, hourly key TTL secs.
 const USAGE_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], 'count', ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
 local last = tonumber(redis.call('HGET', KEYS[2], 'last'))
 if (not last) or last < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[2], 'last', ARGV[2])
@@ -457,6 +461,11 @@ impl RedisStore {
     }
     fn k_usage(&self, id: &str) -> String {
         format!("{}usage:{{{id}}}", self.prefix)
+    }
+    /// One HASH per token per UTC day (`day` = hour number / 24), field = hour number;
+    /// it expires with the retention, so no pruning is needed.
+    fn k_hourly(&self, id: &str, day: i64) -> String {
+        format!("{}hourly:{{{id}}}:{day}", self.prefix)
     }
     fn k_ids(&self) -> String {
         format!("{}ids", self.prefix)
@@ -1052,15 +1061,66 @@ impl TokenStore for RedisStore {
         try_join_all(batch.iter().map(|d| async move {
             let count = i64::try_from(d.count).unwrap_or(i64::MAX);
             let ms = d.last_used_at.as_millisecond();
+            let hour = hour_of(d.last_used_at);
+            let ttl = HOURLY_RETENTION_HOURS * 3600;
             self.script::<i64>(
                 &self.scripts.usage,
-                &[&self.k_id(&d.id), &self.k_usage(&d.id)],
-                &[count.to_string(), ms.to_string()],
+                &[
+                    &self.k_id(&d.id),
+                    &self.k_usage(&d.id),
+                    &self.k_hourly(&d.id, hour.div_euclid(24)),
+                ],
+                &[
+                    count.to_string(),
+                    ms.to_string(),
+                    hour.to_string(),
+                    ttl.to_string(),
+                ],
             )
             .await
         }))
         .await?;
         Ok(())
+    }
+
+    async fn hourly_usage(
+        &self,
+        id: &str,
+        from_hour: i64,
+        hours: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        if hours == 0 {
+            return Ok(Vec::new());
+        }
+        let n = i64::try_from(hours).unwrap_or(i64::MAX);
+        let end = from_hour.saturating_add(n);
+        // One HMGET per day key the window touches (8 for the console's 7 days).
+        let days: Vec<i64> = (from_hour.div_euclid(24)..=(end - 1).div_euclid(24)).collect();
+        let per_day = try_join_all(days.iter().map(|&day| async move {
+            let fields: Vec<i64> = (day * 24..day * 24 + 24)
+                .filter(|h| (from_hour..end).contains(h))
+                .collect();
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.k_hourly(id, day));
+            for h in &fields {
+                cmd.arg(*h);
+            }
+            let counts: Vec<Option<u64>> = self.query(&cmd).await?;
+            Ok::<_, StoreError>(fields.into_iter().zip(counts).collect::<Vec<_>>())
+        }))
+        .await?;
+        let mut out = vec![0u64; hours];
+        for (h, c) in per_day.into_iter().flatten() {
+            if let (Some(c), Some(slot)) = (
+                c,
+                usize::try_from(h - from_hour)
+                    .ok()
+                    .and_then(|i| out.get_mut(i)),
+            ) {
+                *slot = c;
+            }
+        }
+        Ok(out)
     }
 
     async fn count_creation(
