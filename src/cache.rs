@@ -142,6 +142,18 @@ impl TokenCache {
                 positive: keep,
                 negative: settings.negative_ttl,
             })
+            .eviction_listener(|_key, _slot, cause| {
+                let cause = match cause {
+                    moka::notification::RemovalCause::Size => "size",
+                    moka::notification::RemovalCause::Expired => "expired",
+                    // Invalidations and replacements are patgate's own doing.
+                    _ => return,
+                };
+                metrics()
+                    .cache_evictions
+                    .get_or_create(&crate::metrics::EvictionLabels { cause })
+                    .inc();
+            })
             .build_with_hasher(HashKeyState::default());
         TokenCache {
             inner: Arc::new(Inner {

@@ -27,6 +27,14 @@ pub struct RequestLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `patgate_cache_evictions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// `size` (the cache was full) or `expired` (kept past `max_staleness`, or a
+    /// negative entry past `negative_ttl`).
+    pub cause: &'static str,
+}
+
 /// Labels of per-route histograms.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -63,6 +71,8 @@ pub struct Metrics {
     pub cache_stale_served: Counter,
     /// Cached token entries (set at scrape time).
     pub cache_entries: Gauge,
+    /// Entries the cache dropped by itself, by cause.
+    pub cache_evictions: Family<EvictionLabels, Counter>,
     /// Store calls that failed.
     pub store_errors: Counter,
     /// Invalidations applied (local and from other replicas).
@@ -109,6 +119,7 @@ impl Metrics {
             cache_misses: Counter::default(),
             cache_stale_served: Counter::default(),
             cache_entries: Gauge::default(),
+            cache_evictions: Family::default(),
             store_errors: Counter::default(),
             invalidations: Counter::default(),
             rate_limited: Counter::default(),
@@ -160,6 +171,11 @@ impl Metrics {
             "cache_entries",
             "Cached token entries",
             m.cache_entries.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Cache entries dropped by the cache itself: size (full) or expired",
+            m.cache_evictions.clone(),
         );
         registry.register("store_errors", "Failed store calls", m.store_errors.clone());
         registry.register(

@@ -992,6 +992,42 @@ async fn stale_entries_are_served_while_one_refresh_runs() {
 }
 
 #[tokio::test]
+async fn a_full_cache_evicts_and_counts_it() {
+    let e = env_with("cache:\n  max_entries: 2\n").await;
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        tokens.push(e.admin.create(reader()).await.0);
+    }
+    // moka enforces its capacity in its periodic maintenance, which requests drive:
+    // keep cycling six tokens through a two-entry cache until it has evicted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = String::new();
+    let mut evicted = 0u64;
+    while evicted == 0 && Instant::now() < deadline {
+        for t in &tokens {
+            assert_eq!(e.get("/api/x", Some(t)).await.0, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        metrics = e
+            .http
+            .get(format!("{}/metrics", e.gw.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        evicted = metrics
+            .lines()
+            .find(|l| l.starts_with("patgate_cache_evictions_total{cause=\"size\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+    }
+    assert!(evicted >= 1, "6 tokens through a 2-entry cache evict:\n{metrics}");
+}
+
+#[tokio::test]
 async fn websocket_upgrade_passes_through_after_authentication() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let e = env().await;
