@@ -1024,7 +1024,10 @@ async fn a_full_cache_evicts_and_counts_it() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
     }
-    assert!(evicted >= 1, "6 tokens through a 2-entry cache evict:\n{metrics}");
+    assert!(
+        evicted >= 1,
+        "6 tokens through a 2-entry cache evict:\n{metrics}"
+    );
 }
 
 #[tokio::test]
