@@ -86,15 +86,27 @@ fn decode_unreserved(path: &str) -> String {
 /// Cost: one scan of the path in the common case; allocates only when there is
 /// something to decode or resolve.
 pub fn normalize(path: &str) -> Option<Cow<'_, str>> {
-    let has_unreserved_escape = path
-        .as_bytes()
-        .windows(3)
-        .any(|w| w[0] == b'%' && unreserved(&w[1..]).is_some());
-    if has_unreserved_escape {
-        let decoded = decode_unreserved(path);
-        return resolve(&decoded).map(|c| Cow::Owned(c.into_owned()));
+    if !has_unreserved_escape(path) {
+        return resolve(path);
     }
-    resolve(path)
+    // Decode to a fixed point: `/%6%61in` decodes to `/%6ain`, which an upstream
+    // decodes once more to `/jin`. The forwarded path must hold no escape an upstream
+    // would decode into an unreserved character, or the router and the upstream
+    // would read different paths. Layers beyond a few are refused.
+    let mut decoded = decode_unreserved(path);
+    for _ in 0..3 {
+        if !has_unreserved_escape(&decoded) {
+            return resolve(&decoded).map(|c| Cow::Owned(c.into_owned()));
+        }
+        decoded = decode_unreserved(&decoded);
+    }
+    None
+}
+
+fn has_unreserved_escape(path: &str) -> bool {
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && unreserved(&w[1..]).is_some())
 }
 
 fn resolve(path: &str) -> Option<Cow<'_, str>> {
@@ -160,6 +172,19 @@ fn resolve(path: &str) -> Option<Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_that_decoding_creates_are_decoded_too() {
+        // `%6%61` → `%6a` → `j`: the router sees what an upstream sees.
+        assert_eq!(normalize("/%6%61in").as_deref(), Some("/jin"));
+        // `%%36%31dmin` → `%61dmin` → `admin`: no route-prefix bypass.
+        assert_eq!(normalize("/%%36%31dmin").as_deref(), Some("/admin"));
+        // Reserved escapes stay as they are.
+        assert_eq!(normalize("/a%2561").as_deref(), Some("/a%2561"));
+        // Three layers still decode; four are refused.
+        assert_eq!(normalize("/%%%33%36%%33%31dmin").as_deref(), Some("/admin"));
+        assert_eq!(normalize("/%%%%33%33%%33%36%%%33%33%%33%31dmin"), None);
+    }
 
     #[test]
     fn plain_paths_are_borrowed() {
