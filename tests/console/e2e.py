@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from selenium import webdriver
@@ -202,6 +203,12 @@ try:
     err = d.find_element(By.CSS_SELECTOR, '#create-form .field-error[data-for="ipAllowlist"]').text
     check("not a CIDR" in err, "bad CIDR refused inline: " + err)
     fill("#c-ips", "")
+    fill("#c-meta", "no-equals-sign")
+    d.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+    err = d.find_element(By.CSS_SELECTOR, '#create-form .field-error[data-for="metadata"]').text
+    check("key=value" in err, "bad metadata refused inline: " + err)
+    fill("#c-meta", "team=docs, env=test")
+    fill("#c-rate", "50/1/80")
     Select(d.find_element(By.ID, "c-expiry")).select_by_value("days")
     fill("#c-days", "3")
     shot("02-create-dialog")
@@ -224,6 +231,15 @@ try:
     row = [r for r in rows() if "console e2e token" in r][0]
     check("expires in 3 days" in row, "expiring-within-7-days badge: " + row)
     check(secret[:12] in row and secret[12:] not in row, "list shows the display prefix only: " + row + " / " + secret[:12])
+    # Every SPEC §2 field the form offers reached the API (burst and metadata too).
+    q = urllib.parse.quote("console e2e token")
+    req = urllib.request.Request(ADMIN + "/v1/tokens?q=" + q,
+                                 headers={"Authorization": "Bearer " + ADMIN_KEY})
+    with urllib.request.urlopen(req) as r:
+        created = [t for t in json.loads(r.read())["items"] if t["name"] == "console e2e token"][0]
+    check(created["rateLimit"] == {"requests": 50, "perSeconds": 1, "burst": 80}, "rate limit with burst: " + json.dumps(created["rateLimit"]))
+    check(created["metadata"] == {"team": "docs", "env": "test"}, "metadata: " + json.dumps(created["metadata"]))
+    check(created["orgId"] == "acme" and created["scopes"] == ["documents", "reports"], "org and scopes")
     # A second token for another owner, through the API, to filter it out.
     req = urllib.request.Request(ADMIN + "/v1/tokens", method="POST",
                                  data=json.dumps({"name": "bob's token", "ownerId": "bob"}).encode(),

@@ -164,15 +164,39 @@
     }
     return null;
   }
-  /** "N/S" → {requests, perSeconds}; empty → null; else an error string. */
+  /** "N/S" or "N/S/B" → {requests, perSeconds[, burst]}; empty → null; else an error string. */
   function parseRate(s) {
     s = s.trim();
     if (!s) return { value: null };
-    const m = /^(\d+)\s*\/\s*(\d+)$/.exec(s);
-    if (!m || +m[1] < 1 || +m[2] < 1 || +m[1] > 4294967295 || +m[2] > 4294967295) {
-      return { error: 'write requests/seconds, both at least 1 (e.g. 100/1)' };
+    const m = /^(\d+)\s*\/\s*(\d+)(?:\s*\/\s*(\d+))?$/.exec(s);
+    const bad = (n) => n !== undefined && (+n < 1 || +n > 4294967295);
+    if (!m || bad(m[1]) || bad(m[2]) || bad(m[3])) {
+      return { error: 'write requests/seconds or requests/seconds/burst, each at least 1 (e.g. 100/1 or 100/1/200)' };
     }
-    return { value: { requests: +m[1], perSeconds: +m[2] } };
+    const value = { requests: +m[1], perSeconds: +m[2] };
+    if (m[3] !== undefined) value.burst = +m[3];
+    return { value };
+  }
+  /** The form's text for a rate limit: "N/S", or "N/S/B" with a burst. */
+  function rateText(r) {
+    return r ? r.requests + '/' + r.perSeconds + (r.burst ? '/' + r.burst : '') : '';
+  }
+  /** "k=v, k2=v2" → {k: v, …} (the API's metadata rules); empty → null. */
+  function parseMetadata(s) {
+    const items = splitList(s);
+    if (!items.length) return { value: null };
+    if (items.length > 50) return { error: 'at most 50 keys' };
+    const value = {};
+    for (const item of items) {
+      const i = item.indexOf('=');
+      const k = i < 0 ? '' : item.slice(0, i).trim();
+      const v = i < 0 ? '' : item.slice(i + 1).trim();
+      if (!k || k.length > 100 || v.length > 1000) {
+        return { error: JSON.stringify(item) + ': write key=value (keys 1-100, values up to 1000 characters)' };
+      }
+      value[k] = v;
+    }
+    return { value };
   }
 
   function clearErrors(form) {
@@ -421,6 +445,9 @@
     const rate = parseRate(v('rateLimit'));
     if (rate.error) fail('rateLimit', rate.error);
     else if (rate.value) body.rateLimit = rate.value;
+    const meta = parseMetadata(v('metadata'));
+    if (meta.error) fail('metadata', meta.error);
+    else if (meta.value) body.metadata = meta.value;
     return ok ? body : null;
   }
 
@@ -489,7 +516,7 @@
     f.elements.permissions.value = r.permissions.join(', ');
     f.elements.expiresAt.value = toLocalInput(r.expiresAt);
     f.elements.ipAllowlist.value = (r.ipAllowlist || []).join(', ');
-    f.elements.rateLimit.value = r.rateLimit ? r.rateLimit.requests + '/' + r.rateLimit.perSeconds : '';
+    f.elements.rateLimit.value = rateText(r.rateLimit);
     const revoked = !!r.revokedAt;
     $('#t-toggle').textContent = r.isActive ? 'Deactivate' : 'Activate';
     $('#t-toggle').disabled = revoked;
@@ -527,7 +554,7 @@
     const ips = splitList(v('ipAllowlist'));
     if (ips.join(',') !== (r.ipAllowlist || []).join(',')) { patch.ipAllowlist = ips; if ((m = checkIps(ips))) fail('ipAllowlist', m); }
     const rate = parseRate(v('rateLimit'));
-    const oldRate = r.rateLimit ? r.rateLimit.requests + '/' + r.rateLimit.perSeconds : '';
+    const oldRate = rateText(r.rateLimit);
     if (v('rateLimit').replace(/\s/g, '') !== oldRate) {
       if (rate.error) fail('rateLimit', rate.error);
       else patch.rateLimit = rate.value;
