@@ -22,6 +22,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::tls::TlsReloader;
 use crate::usage::UsageRecorder;
+use crate::webhooks::Webhooks;
 
 /// How often usage counts are flushed to the store.
 pub const USAGE_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -75,6 +76,8 @@ pub struct App {
     pub admin: Arc<Admin>,
     /// Usage counts awaiting a flush.
     pub usage: Arc<UsageRecorder>,
+    /// Webhook events and their delivery.
+    pub webhooks: Arc<Webhooks>,
     /// TLS for the data plane, when configured.
     pub tls: Option<Arc<TlsReloader>>,
     /// TLS for the admin listener, when configured.
@@ -106,12 +109,15 @@ impl App {
         };
         let cache = TokenCache::new(store.clone(), &settings.cache);
         let usage = Arc::new(UsageRecorder::new());
-        let lifecycle = Lifecycle::new(store.clone(), cache.clone(), settings.tokens.clone());
+        let webhooks = Arc::new(Webhooks::new(settings.webhooks.clone(), store.clone())?);
+        let lifecycle = Lifecycle::new(store.clone(), cache.clone(), settings.tokens.clone())
+            .with_webhooks(webhooks.clone());
         let gateway = Arc::new(Gateway::new(
             settings.clone(),
             cache.clone(),
             usage.clone(),
             gcra,
+            webhooks.clone(),
         )?);
         let reloader = Arc::new(Reloader::new(
             config_path,
@@ -132,6 +138,7 @@ impl App {
             gateway,
             admin,
             usage,
+            webhooks,
             tls,
             admin_tls,
             reloader,
@@ -168,6 +175,7 @@ impl App {
         let flusher = self
             .usage
             .spawn_flusher(self.store.clone(), USAGE_FLUSH_INTERVAL);
+        let webhook_worker = self.webhooks.spawn_worker();
         let gateway = self.gateway.clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -207,6 +215,7 @@ impl App {
         let _ = data_task.await;
         let _ = admin_task.await;
         flusher.abort();
+        webhook_worker.abort();
         sweeper.abort();
         for w in cert_watchers {
             w.abort();
@@ -215,6 +224,9 @@ impl App {
         match self.usage.flush(self.store.as_ref()).await {
             Ok(n) => tracing::info!(tokens = n, "usage flushed"),
             Err(e) => tracing::warn!(error = %e, "final usage flush failed"),
+        }
+        if let Err(e) = self.webhooks.flush().await {
+            tracing::warn!(error = %e, "webhook events could not be written to the outbox before exit");
         }
     }
 }
@@ -397,6 +409,7 @@ impl Reloader {
             tls.install(cert, false);
         }
         self.gateway.install(runtime);
+        self.gateway.webhooks().install(new.webhooks.clone());
         Ok(warnings)
     }
 }

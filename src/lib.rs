@@ -55,3 +55,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod usage;
+pub mod webhooks;

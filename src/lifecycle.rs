@@ -16,11 +16,12 @@ use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::cache::TokenCache;
-use crate::config::TokenSettings;
+use crate::config::{TokenSettings, WebhookEvent};
 use crate::store::{
     AuditEvent, Changed, Invalidation, RateLimit, StoreError, TokenRecord, TokenStore, TokenType,
 };
 use crate::token::{self, TokenHash};
+use crate::webhooks::Webhooks;
 
 /// Who performs a management action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +185,7 @@ pub struct Lifecycle {
     store: Arc<dyn TokenStore>,
     cache: TokenCache,
     tokens: TokenSettings,
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -287,6 +289,38 @@ impl Lifecycle {
             store,
             cache,
             tokens,
+            webhooks: None,
+        }
+    }
+
+    /// Sends this service's changes to `webhooks` as events.
+    #[must_use]
+    pub fn with_webhooks(mut self, webhooks: Arc<Webhooks>) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
+    /// The webhook event of audit action `action`, if it has one.
+    fn event_of(action: &str) -> Option<WebhookEvent> {
+        Some(match action {
+            "token.create" | "token.import" => WebhookEvent::TokenCreated,
+            "token.update" | "token.activate" | "token.deactivate" => WebhookEvent::TokenUpdated,
+            "token.revoke" => WebhookEvent::TokenRevoked,
+            "token.regenerate" => WebhookEvent::TokenRegenerated,
+            "token.delete" => WebhookEvent::TokenDeleted,
+            _ => return None,
+        })
+    }
+
+    /// Writes the webhook event of a successful change to `record` to the outbox.
+    async fn notify(&self, action: &str, record: &TokenRecord, by: &Caller) {
+        if let (Some(hooks), Some(event)) = (&self.webhooks, Self::event_of(action)) {
+            hooks
+                .emit_now(
+                    event,
+                    crate::webhooks::token_data(record, &by.actor.label()),
+                )
+                .await;
         }
     }
 
@@ -406,6 +440,7 @@ impl Lifecycle {
             details,
         )
         .await;
+        self.notify(action, &changed.record, by).await;
     }
 
     /// Appends an audit event; a failure is logged, not returned (the change stands).
@@ -496,6 +531,7 @@ impl Lifecycle {
             serde_json::json!({"name": record.name, "type": record.kind, "prefix": record.prefix}),
         )
         .await;
+        self.notify("token.create", &record, by).await;
         Ok((raw, record))
     }
 
@@ -571,6 +607,7 @@ impl Lifecycle {
             serde_json::json!({"name": record.name}),
         )
         .await;
+        self.notify("token.import", &record, by).await;
         Ok(record)
     }
 
@@ -760,6 +797,10 @@ impl Lifecycle {
             serde_json::Value::Null,
         )
         .await;
+        if disabled && let Some(hooks) = &self.webhooks {
+            let data = serde_json::json!({"ownerId": owner_id, "actor": by.actor.label()});
+            hooks.emit_now(WebhookEvent::OwnerDisabled, data).await;
+        }
         Ok(())
     }
 }

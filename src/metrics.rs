@@ -99,6 +99,19 @@ pub struct Metrics {
     pub usage_last_flush: Gauge,
     /// Invalidation subscriptions re-established after a loss.
     pub pubsub_reconnects: Counter,
+    /// Webhook events put in the outbox, by event.
+    pub webhook_events: Family<EventLabels, Counter>,
+    /// Webhook delivery attempts, by result (`delivered`, `retry`, `failed`).
+    pub webhook_attempts: Family<ResultLabels, Counter>,
+    /// Webhook events waiting in memory for the store (it was unreachable).
+    pub webhook_queued: Gauge,
+}
+
+/// Labels of `patgate_webhook_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// Event name (`token.revoked`, …).
+    pub event: &'static str,
 }
 
 fn latency() -> Histogram {
@@ -128,6 +141,9 @@ impl Metrics {
             rate_limit_fallback: Counter::default(),
             rate_limit_fallback_active: Gauge::default(),
             open_connections: Gauge::default(),
+            webhook_events: Family::default(),
+            webhook_attempts: Family::default(),
+            webhook_queued: Gauge::default(),
             config_reloads: Family::default(),
             usage_flushed: Counter::default(),
             usage_flush_errors: Counter::default(),
@@ -237,6 +253,21 @@ impl Metrics {
             "pubsub_reconnects",
             "Invalidation subscriptions re-established after a loss (caches cleared)",
             m.pubsub_reconnects.clone(),
+        );
+        registry.register(
+            "webhook_events",
+            "Webhook events put in the outbox",
+            m.webhook_events.clone(),
+        );
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by result (delivered, retry, failed)",
+            m.webhook_attempts.clone(),
+        );
+        registry.register(
+            "webhook_queued",
+            "Webhook events held in memory because the store was unreachable",
+            m.webhook_queued.clone(),
         );
         Metrics { registry, ..m }
     }

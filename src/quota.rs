@@ -19,9 +19,10 @@ use jiff::tz::Offset;
 use jiff::{Timestamp, ToSpan};
 
 use crate::auth::Deny;
-use crate::config::{QuotaPeriod, QuotaSettings, QuotaSubject};
+use crate::config::{QuotaPeriod, QuotaSettings, QuotaSubject, WebhookEvent};
 use crate::metrics::metrics;
 use crate::store::{TokenRecord, TokenStore};
+use crate::webhooks::Webhooks;
 
 /// A subject's quota right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +82,15 @@ fn subject(q: &QuotaSettings, record: &TokenRecord) -> String {
 }
 
 /// Charges `cost` for `record`'s request. `Err(QuotaExceeded)` when it would go over.
+/// Tells `hooks` when this request took the subject past 80 % of its quota
+/// (`token.quota_warning`) or used it up (`token.quota_exhausted`, also on the first
+/// refusal); both at most once per subject and period across replicas.
 pub async fn charge(
     store: &dyn TokenStore,
     q: &QuotaSettings,
     record: &TokenRecord,
     cost: u64,
+    hooks: &Webhooks,
 ) -> Result<Option<QuotaState>, Deny> {
     if cost == 0 {
         return Ok(None);
@@ -94,22 +99,103 @@ pub async fn charge(
     let (start, end) = period(now, q.period);
     let reset =
         Duration::from_secs(end.saturating_sub(u64::try_from(now.as_second()).unwrap_or(0)));
+    let subject = subject(q, record);
     match store
-        .charge_quota(&subject(q, record), start, end, cost, q.requests)
+        .charge_quota(&subject, start, end, cost, q.requests)
         .await
     {
-        Ok((true, used)) => Ok(Some(QuotaState {
-            limit: q.requests,
-            used,
-            reset,
-        })),
-        Ok((false, _)) => Err(Deny::QuotaExceeded(reset)),
+        Ok((true, used)) => {
+            let state = QuotaState {
+                limit: q.requests,
+                used,
+                reset,
+            };
+            let warn_at = q.requests.saturating_mul(4).div_ceil(5);
+            if used >= q.requests {
+                notify(
+                    hooks,
+                    WebhookEvent::TokenQuotaExhausted,
+                    q,
+                    record,
+                    &subject,
+                    start,
+                    state,
+                );
+            } else if used >= warn_at && used.saturating_sub(cost) < warn_at {
+                notify(
+                    hooks,
+                    WebhookEvent::TokenQuotaWarning,
+                    q,
+                    record,
+                    &subject,
+                    start,
+                    state,
+                );
+            }
+            Ok(Some(state))
+        }
+        Ok((false, used)) => {
+            let state = QuotaState {
+                limit: q.requests,
+                used,
+                reset,
+            };
+            notify(
+                hooks,
+                WebhookEvent::TokenQuotaExhausted,
+                q,
+                record,
+                &subject,
+                start,
+                state,
+            );
+            Err(Deny::QuotaExceeded(reset))
+        }
         Err(e) => {
             metrics().quota_unavailable.inc();
             tracing::debug!(error = %e, "quota store unreachable; request not charged");
             Ok(None)
         }
     }
+}
+
+/// Emits a quota event once per subject and period.
+fn notify(
+    hooks: &Webhooks,
+    event: WebhookEvent,
+    q: &QuotaSettings,
+    record: &TokenRecord,
+    subject: &str,
+    start: u64,
+    state: QuotaState,
+) {
+    let key = format!("{}:{subject}:{start}", event.name());
+    // The marker outlives the period (a month at most) by a day.
+    let ttl = state.reset + Duration::from_secs(86_400);
+    hooks.emit_once(event, key, ttl, || {
+        let mut data = state.to_json();
+        if let Some(m) = data.as_object_mut() {
+            m.insert("tokenId".into(), record.id.clone().into());
+            m.insert("ownerId".into(), record.owner_id.clone().into());
+            m.insert(
+                "per".into(),
+                match q.per {
+                    QuotaSubject::Token => "token",
+                    QuotaSubject::Owner => "owner",
+                }
+                .into(),
+            );
+            m.insert(
+                "period".into(),
+                match q.period {
+                    QuotaPeriod::Day => "day",
+                    QuotaPeriod::Month => "month",
+                }
+                .into(),
+            );
+        }
+        data
+    });
 }
 
 /// The quota state of `record`'s subject, without charging (for whoami).

@@ -15,8 +15,8 @@ use patgate::config::{EmbeddedSettings, RedisSettings};
 use patgate::store::embedded::EmbeddedStore;
 use patgate::store::redis::RedisStore;
 use patgate::store::{
-    AuditEvent, AuditQuery, Invalidation, ListQuery, RateLimit, StoreError, TokenRecord,
-    TokenStore, TokenType, UsageDelta,
+    AuditEvent, AuditQuery, Delivery, DeliveryQuery, DeliveryStatus, Invalidation, ListQuery,
+    RateLimit, StoreError, TokenRecord, TokenStore, TokenType, UsageDelta,
 };
 use patgate::token::TokenHash;
 
@@ -697,6 +697,242 @@ async fn published_invalidations_reach_subscribers(s: &dyn TokenStore) {
     s.ping().await.unwrap();
 }
 
+// ---------------------------------------------------------------- webhook outbox
+
+fn delivery(event: &str, endpoint: &str, token: &str, due: Timestamp) -> Delivery {
+    let id = new_id();
+    Delivery {
+        event_id: format!("evt_{id}"),
+        id,
+        event: event.to_string(),
+        endpoint: endpoint.to_string(),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        created_at: Timestamp::now(),
+        next_attempt_at: Some(due),
+        last_attempt_at: None,
+        delivered_at: None,
+        last_status_code: None,
+        last_error: None,
+        payload: serde_json::json!({"id": "evt", "type": event, "data": {"tokenId": token}}),
+    }
+}
+
+fn ids(ds: &[Delivery]) -> BTreeSet<String> {
+    ds.iter().map(|d| d.id.clone()).collect()
+}
+
+async fn outbox_claims_due_deliveries_under_a_lease(s: &dyn TokenStore) {
+    let now = Timestamp::now();
+    let a = delivery("token.created", "ops", "t1", now);
+    std::thread::sleep(Duration::from_millis(2));
+    let b = delivery(
+        "token.revoked",
+        "ops",
+        "t1",
+        now - SignedDuration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(2));
+    let later = delivery(
+        "token.deleted",
+        "ops",
+        "t2",
+        now + SignedDuration::from_secs(3600),
+    );
+    s.enqueue_deliveries(&[a.clone(), b.clone(), later.clone()], 1000)
+        .await
+        .unwrap();
+
+    let lease = Duration::from_millis(800);
+    let one = s
+        .claim_deliveries(Timestamp::now(), lease, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&one),
+        ids(std::slice::from_ref(&b)),
+        "`limit`, earliest due first"
+    );
+    let first = s
+        .claim_deliveries(Timestamp::now(), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(first, vec![a.clone()], "only due ones, round trip");
+    // Leased: nobody else gets them until the lease ends; then they are due again.
+    assert!(
+        s.claim_deliveries(Timestamp::now(), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let again = s
+        .claim_deliveries(Timestamp::now(), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&again), ids(&[a.clone(), b.clone()]), "lease over");
+
+    // An attempt's outcome: `a` delivered leaves the queue, `b` retried later.
+    let mut done = a.clone();
+    done.status = DeliveryStatus::Delivered;
+    done.attempts = 1;
+    done.next_attempt_at = None;
+    done.delivered_at = Some(Timestamp::now());
+    done.last_status_code = Some(204);
+    s.save_delivery(&done).await.unwrap();
+    let mut retry = b.clone();
+    retry.attempts = 1;
+    retry.last_error = Some("receiver answered 500".into());
+    retry.next_attempt_at = Some(Timestamp::now() + SignedDuration::from_millis(300));
+    s.save_delivery(&retry).await.unwrap();
+    assert!(
+        s.claim_deliveries(Timestamp::now(), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = s
+        .claim_deliveries(Timestamp::now(), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![retry.clone()],
+        "due again at its nextAttemptAt, as saved"
+    );
+
+    // The far-future one is claimable once its time comes.
+    let future = s
+        .claim_deliveries(now + SignedDuration::from_secs(3601), lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&future),
+        ids(&[retry, later]),
+        "and the retried one's lease is over"
+    );
+    let all = s
+        .list_deliveries(&DeliveryQuery {
+            limit: 10,
+            ..DeliveryQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.iter().find(|d| d.id == a.id).unwrap(), &done);
+}
+
+async fn outbox_lists_newest_first_filters_pages_and_trims_only_final_ones(s: &dyn TokenStore) {
+    let now = Timestamp::now();
+    let mut made = Vec::new();
+    for i in 0..6 {
+        let ev = if i % 2 == 0 {
+            "token.created"
+        } else {
+            "token.revoked"
+        };
+        let ep = if i < 3 { "ops" } else { "audit" };
+        made.push(delivery(ev, ep, &format!("t{}", i % 3), now));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    s.enqueue_deliveries(&made, 1000).await.unwrap();
+    let list = |q: DeliveryQuery| async move { s.list_deliveries(&q).await.unwrap() };
+    let newest_first: Vec<String> = made.iter().rev().map(|d| d.id.clone()).collect();
+    let got = list(DeliveryQuery {
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        got.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        newest_first
+    );
+    // Paging with a cursor: no duplicates or gaps.
+    let p1 = list(DeliveryQuery {
+        limit: 4,
+        ..Default::default()
+    })
+    .await;
+    let p2 = list(DeliveryQuery {
+        limit: 4,
+        cursor: Some(p1.last().unwrap().id.clone()),
+        ..Default::default()
+    })
+    .await;
+    let paged: Vec<String> = p1.iter().chain(&p2).map(|d| d.id.clone()).collect();
+    assert_eq!(paged, newest_first);
+    // Filters.
+    let revoked = list(DeliveryQuery {
+        event: Some("token.revoked".into()),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(revoked.len(), 3);
+    assert!(revoked.iter().all(|d| d.event == "token.revoked"));
+    let audit_t0 = list(DeliveryQuery {
+        endpoint: Some("audit".into()),
+        token_id: Some("t0".into()),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&audit_t0), ids(&[made[3].clone()]));
+
+    // Two delivered, then trimming to 3: the oldest *final* ones go, pending stay.
+    for d in [&made[0], &made[4]] {
+        let mut d = d.clone();
+        d.status = DeliveryStatus::Delivered;
+        d.next_attempt_at = None;
+        s.save_delivery(&d).await.unwrap();
+    }
+    let delivered = list(DeliveryQuery {
+        status: Some(DeliveryStatus::Delivered),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&delivered), ids(&[made[0].clone(), made[4].clone()]));
+    let extra = delivery("owner.disabled", "ops", "t9", now);
+    s.enqueue_deliveries(std::slice::from_ref(&extra), 3)
+        .await
+        .unwrap();
+    let kept = ids(&list(DeliveryQuery {
+        limit: 100,
+        ..Default::default()
+    })
+    .await);
+    // Outside the newest 3: made[0..4]; of those only made[0] is final.
+    let mut want = ids(&made[1..]);
+    want.insert(extra.id.clone());
+    assert_eq!(
+        kept, want,
+        "only final ones outside the newest `keep` are dropped"
+    );
+    want.remove(&made[4].id);
+    let pending = s
+        .claim_deliveries(Timestamp::now(), Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(&pending), want);
+}
+
+async fn once_markers_are_claimed_once_until_they_expire(s: &dyn TokenStore) {
+    let key = format!("token.rate_limited:{}", new_id());
+    assert!(s.once(&key, Duration::from_millis(400)).await.unwrap());
+    assert!(!s.once(&key, Duration::from_millis(400)).await.unwrap());
+    assert!(
+        s.once(&format!("{key}:other"), Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        s.once(&key, Duration::from_millis(400)).await.unwrap(),
+        "expired"
+    );
+}
+
 // ---------------------------------------------------------------- backends
 
 struct Embedded {
@@ -781,6 +1017,9 @@ conformance!(
     creations_are_counted_per_owner_within_a_window,
     audit_lists_newest_first_with_filters_and_cursor,
     published_invalidations_reach_subscribers,
+    outbox_claims_due_deliveries_under_a_lease,
+    outbox_lists_newest_first_filters_pages_and_trims_only_final_ones,
+    once_markers_are_claimed_once_until_they_expire,
 );
 
 #[tokio::test]

@@ -35,7 +35,7 @@ use crate::config::AdminKey;
 use crate::error::{json_error, json_response};
 use crate::lifecycle::{Caller, Lifecycle, LifecycleError, TokenPatch};
 use crate::proxy::ConnInfo;
-use crate::store::{AuditQuery, ListQuery, StoreError, TokenRecord};
+use crate::store::{AuditQuery, DeliveryQuery, DeliveryStatus, ListQuery, StoreError, TokenRecord};
 use authorize::Principal;
 use input::Fields;
 use routes::{ApiOp, Match, Op, Params, PublicOp};
@@ -180,6 +180,35 @@ fn audit_query(pairs: &[(String, String)]) -> Result<AuditQuery, LifecycleError>
                         .map_err(|_| bad("since", "must be an RFC 3339 timestamp"))?,
                 )
             }
+            "limit" => q.limit = page_limit(v)?,
+            "cursor" => q.cursor = Some(v.clone()),
+            other => return Err(bad(other, "unknown query parameter")),
+        }
+    }
+    Ok(q)
+}
+
+fn delivery_query(pairs: &[(String, String)]) -> Result<DeliveryQuery, LifecycleError> {
+    let mut q = DeliveryQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "status" => {
+                q.status = Some(
+                    DeliveryStatus::parse(v)
+                        .ok_or_else(|| bad("status", "must be pending, delivered or failed"))?,
+                )
+            }
+            "event" => {
+                if crate::config::WebhookEvent::parse(v).is_none() {
+                    return Err(bad("event", "unknown event"));
+                }
+                q.event = Some(v.clone());
+            }
+            "endpoint" => q.endpoint = Some(v.clone()),
+            "tokenId" => q.token_id = Some(v.clone()),
             "limit" => q.limit = page_limit(v)?,
             "cursor" => q.cursor = Some(v.clone()),
             other => return Err(bad(other, "unknown query parameter")),
@@ -474,6 +503,22 @@ impl Admin {
                 who.require_admin_key("Reloading the configuration")
                     .map_err(forbidden)?;
                 self.reload(by).await
+            }
+            ApiOp::ListWebhookDeliveries => {
+                who.require_admin_key("Webhook deliveries")
+                    .map_err(forbidden)?;
+                let q = delivery_query(&query_pairs(&req))?;
+                let limit = q.limit;
+                let items = lc.store().list_deliveries(&q).await?;
+                let next = if items.len() == limit {
+                    items.last().map(|d| d.id.clone())
+                } else {
+                    None
+                };
+                ok_json(
+                    StatusCode::OK,
+                    &serde_json::json!({"items": items, "nextCursor": next}),
+                )
             }
             ApiOp::ListAudit => {
                 who.require_admin_key("The audit trail")

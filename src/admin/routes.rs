@@ -75,6 +75,8 @@ pub enum ApiOp {
     ListAudit,
     /// `POST /v1/reload`: re-read and apply the config file (admin key only).
     ReloadConfig,
+    /// `GET /v1/webhooks/deliveries`: the webhook outbox, newest first (admin key only).
+    ListWebhookDeliveries,
 }
 
 impl Op {
@@ -101,6 +103,7 @@ impl Op {
             Op::Api(ApiOp::EnableOwner) => "enableOwner",
             Op::Api(ApiOp::ListAudit) => "listAudit",
             Op::Api(ApiOp::ReloadConfig) => "reloadConfig",
+            Op::Api(ApiOp::ListWebhookDeliveries) => "listWebhookDeliveries",
         }
     }
 
@@ -171,6 +174,11 @@ pub const ROUTES: &[RouteDef] = &[
         Op::Api(ApiOp::EnableOwner),
     ),
     route("GET", "/v1/audit", Op::Api(ApiOp::ListAudit)),
+    route(
+        "GET",
+        "/v1/webhooks/deliveries",
+        Op::Api(ApiOp::ListWebhookDeliveries),
+    ),
     route("POST", "/v1/reload", Op::Api(ApiOp::ReloadConfig)),
 ];
 
@@ -375,7 +383,9 @@ mod tests {
                 | Op::Api(
                     ApiOp::GetCaller | ApiOp::CreateToken | ApiOp::ListTokens | ApiOp::ImportToken,
                 )
-                | Op::Api(ApiOp::ListAudit | ApiOp::ReloadConfig) => None,
+                | Op::Api(ApiOp::ListAudit | ApiOp::ReloadConfig | ApiOp::ListWebhookDeliveries) => {
+                    None
+                }
                 Op::Api(
                     ApiOp::GetToken
                     | ApiOp::UpdateToken

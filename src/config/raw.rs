@@ -39,6 +39,7 @@ pub(crate) struct RawConfig {
     pub timeouts: Option<RawTimeouts>,
     pub limits: Option<RawLimits>,
     pub logging: Option<RawLogging>,
+    pub webhooks: Option<RawWebhooks>,
 }
 
 /// Top-level keys, in the order the SPEC lists them.
@@ -59,6 +60,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "timeouts",
     "limits",
     "logging",
+    "webhooks",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +208,37 @@ pub(crate) struct RawRate {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawClientIp {
     pub trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawWebhooks {
+    pub endpoints: Option<Vec<RawWebhookEndpoint>>,
+    #[serde(deserialize_with = "opt_num")]
+    pub expiring_days: Option<u64>,
+    #[serde(deserialize_with = "opt_num")]
+    pub expiring_scan_interval_seconds: Option<u64>,
+    #[serde(deserialize_with = "opt_num")]
+    pub rate_limited_interval_seconds: Option<u64>,
+    #[serde(deserialize_with = "opt_num")]
+    pub max_attempts: Option<u64>,
+    #[serde(deserialize_with = "opt_num")]
+    pub retry_initial_seconds: Option<u64>,
+    #[serde(deserialize_with = "opt_num")]
+    pub retry_max_seconds: Option<u64>,
+    #[serde(deserialize_with = "opt_num")]
+    pub timeout_seconds: Option<u64>,
+    #[serde(deserialize_with = "opt_num")]
+    pub keep_deliveries: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawWebhookEndpoint {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub events: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

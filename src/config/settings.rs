@@ -47,6 +47,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Logging.
     pub logging: LoggingSettings,
+    /// Webhook endpoints and delivery policy.
+    pub webhooks: WebhookSettings,
 }
 
 /// PEM files for TLS termination.
@@ -442,4 +444,148 @@ pub struct LoggingSettings {
     /// Fraction of *allowed* requests that get an access-log line (default 1.0);
     /// denials and errors are always logged. Applied as "one in round(1/rate)".
     pub access_log_sample_rate: f64,
+}
+
+/// What a webhook endpoint can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WebhookEvent {
+    /// A token was created or imported.
+    TokenCreated,
+    /// A token's fields changed (PATCH, deactivate, activate).
+    TokenUpdated,
+    /// A token was revoked.
+    TokenRevoked,
+    /// A token got a new secret.
+    TokenRegenerated,
+    /// A token was deleted.
+    TokenDeleted,
+    /// A token expires within `webhooks.expiring_days`.
+    TokenExpiring,
+    /// A quota passed 80 % of its period's allowance.
+    TokenQuotaWarning,
+    /// A quota is used up for its period.
+    TokenQuotaExhausted,
+    /// A token got its first 429 of a `rate_limited_interval_seconds` window.
+    TokenRateLimited,
+    /// A token was used from a client IP prefix not seen for it before.
+    TokenNewIp,
+    /// Every token of an owner was disabled.
+    OwnerDisabled,
+}
+
+impl WebhookEvent {
+    /// Every event, in documentation order.
+    pub const ALL: [WebhookEvent; 11] = [
+        WebhookEvent::TokenCreated,
+        WebhookEvent::TokenUpdated,
+        WebhookEvent::TokenRevoked,
+        WebhookEvent::TokenRegenerated,
+        WebhookEvent::TokenDeleted,
+        WebhookEvent::TokenExpiring,
+        WebhookEvent::TokenQuotaWarning,
+        WebhookEvent::TokenQuotaExhausted,
+        WebhookEvent::TokenRateLimited,
+        WebhookEvent::TokenNewIp,
+        WebhookEvent::OwnerDisabled,
+    ];
+
+    /// The event's wire name (`token.created`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookEvent::TokenCreated => "token.created",
+            WebhookEvent::TokenUpdated => "token.updated",
+            WebhookEvent::TokenRevoked => "token.revoked",
+            WebhookEvent::TokenRegenerated => "token.regenerated",
+            WebhookEvent::TokenDeleted => "token.deleted",
+            WebhookEvent::TokenExpiring => "token.expiring",
+            WebhookEvent::TokenQuotaWarning => "token.quota_warning",
+            WebhookEvent::TokenQuotaExhausted => "token.quota_exhausted",
+            WebhookEvent::TokenRateLimited => "token.rate_limited",
+            WebhookEvent::TokenNewIp => "token.new_ip",
+            WebhookEvent::OwnerDisabled => "owner.disabled",
+        }
+    }
+
+    /// The event named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// This event's bit in an [`WebhookSettings::subscribed`] mask.
+    pub fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// One receiver of webhook deliveries.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    /// Unique name (deliveries refer to their endpoint by it).
+    pub name: String,
+    /// `http(s)://` URL the deliveries are POSTed to.
+    pub url: http::Uri,
+    /// HMAC-SHA256 key of the `Patgate-Signature` header.
+    pub secret: String,
+    /// Events sent to this endpoint (`events` absent or `["*"]`: all).
+    pub events: Vec<WebhookEvent>,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `webhooks`: endpoints, event options and the delivery policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// Receivers (none: webhooks are off).
+    pub endpoints: Vec<WebhookEndpoint>,
+    /// `token.expiring` is sent this many days before `expiresAt` (default 7).
+    pub expiring_days: u32,
+    /// How often the expiry scan runs, once across all replicas (default a day).
+    pub expiring_scan_interval: Duration,
+    /// At most one `token.rate_limited` per token this often (default an hour).
+    pub rate_limited_interval: Duration,
+    /// Attempts before a delivery is marked failed (default 12).
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubles per attempt (default 10 s).
+    pub retry_initial: Duration,
+    /// Longest wait between attempts (default an hour).
+    pub retry_max: Duration,
+    /// Per-attempt timeout (default 10 s).
+    pub timeout: Duration,
+    /// Deliveries kept for `GET /v1/webhooks/deliveries` (default 10 000; pending
+    /// ones are never dropped).
+    pub keep_deliveries: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            endpoints: Vec::new(),
+            expiring_days: 7,
+            expiring_scan_interval: Duration::from_secs(86_400),
+            rate_limited_interval: Duration::from_secs(3600),
+            max_attempts: 12,
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            keep_deliveries: 10_000,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The events at least one endpoint subscribes to, as a bit mask.
+    pub fn subscribed(&self) -> u16 {
+        self.endpoints
+            .iter()
+            .flat_map(|e| e.events.iter())
+            .fold(0, |m, e| m | e.bit())
+    }
 }

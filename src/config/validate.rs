@@ -225,6 +225,7 @@ fn parse_sections(map: serde_yaml::Mapping, cx: &mut Ctx) -> RawConfig {
             "timeouts" => raw.timeouts = section::<Option<_>>(v, &key, cx).flatten(),
             "limits" => raw.limits = section::<Option<_>>(v, &key, cx).flatten(),
             "logging" => raw.logging = section::<Option<_>>(v, &key, cx).flatten(),
+            "webhooks" => raw.webhooks = section::<Option<_>>(v, &key, cx).flatten(),
             _ => {
                 let expected = raw::TOP_LEVEL_KEYS.join("`, `");
                 cx.err(key, format!("unknown field; expected one of `{expected}`"));
@@ -259,6 +260,7 @@ fn build(mut raw: RawConfig, env: EnvLookup<'_>, cx: &mut Ctx) -> Settings {
     let raw_routes = std::mem::take(&mut raw.routes);
     let routes = routes(cx, raw_routes, &raw, &mut upstreams, &timeouts, &limits);
     let logging = logging(cx, raw.logging.take().unwrap_or_default());
+    let webhooks = webhooks(cx, raw.webhooks.take().unwrap_or_default());
     Settings {
         listen,
         tls,
@@ -279,6 +281,7 @@ fn build(mut raw: RawConfig, env: EnvLookup<'_>, cx: &mut Ctx) -> Settings {
         timeouts,
         limits,
         logging,
+        webhooks,
     }
 }
 
@@ -1146,6 +1149,171 @@ const DEFAULT_FAIL_TIMEOUT_SECS: u64 = 10;
 
 /// Named upstreams; `None` marks an entry that failed (its errors are recorded).
 type UpstreamSlots = BTreeMap<String, Option<Arc<Upstream>>>;
+
+fn webhooks(cx: &mut Ctx, r: raw::RawWebhooks) -> WebhookSettings {
+    let d = WebhookSettings::default();
+    let mut names = HashSet::new();
+    let endpoints = r
+        .endpoints
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let base = format!("webhooks.endpoints[{i}]");
+            let url = match e.url.as_deref().map(webhook_url) {
+                Some(Ok(u)) => Some(u),
+                Some(Err(reason)) => {
+                    cx.err(format!("{base}.url"), reason);
+                    None
+                }
+                None => {
+                    cx.err(format!("{base}.url"), "is required");
+                    None
+                }
+            };
+            let name = e
+                .name
+                .or_else(|| e.url.clone())
+                .unwrap_or_default();
+            if name.trim().is_empty() {
+                cx.err(format!("{base}.name"), "must not be empty");
+            } else if !names.insert(name.clone()) {
+                cx.err(format!("{base}.name"), format!("duplicate endpoint `{name}`"));
+            }
+            let secret = e.secret.unwrap_or_default();
+            if secret.is_empty() {
+                cx.err(
+                    format!("{base}.secret"),
+                    "is required (the HMAC key receivers verify `Patgate-Signature` with; e.g. `openssl rand -hex 32`)",
+                );
+            } else if secret.len() < 16 {
+                cx.err(format!("{base}.secret"), "must be at least 16 characters");
+            }
+            let mut events = Vec::new();
+            match e.events {
+                None => events.extend(WebhookEvent::ALL),
+                Some(list) if list.is_empty() => {
+                    cx.err(format!("{base}.events"), "must not be empty (omit it for every event)");
+                }
+                Some(list) => {
+                    for (j, name) in list.iter().enumerate() {
+                        if name == "*" {
+                            events.extend(WebhookEvent::ALL);
+                        } else if let Some(ev) = WebhookEvent::parse(name) {
+                            events.push(ev);
+                        } else {
+                            let known: Vec<_> = WebhookEvent::ALL.iter().map(|e| e.name()).collect();
+                            cx.err(
+                                format!("{base}.events[{j}]"),
+                                format!("unknown event `{name}`; expected `*` or one of `{}`", known.join("`, `")),
+                            );
+                        }
+                    }
+                }
+            }
+            events.sort();
+            events.dedup();
+            Some(WebhookEndpoint {
+                name,
+                url: url?,
+                secret,
+                events,
+            })
+        })
+        .collect();
+    let expiring_days = at_least(
+        cx,
+        "webhooks.expiring_days",
+        r.expiring_days,
+        u64::from(d.expiring_days),
+        1,
+    );
+    if expiring_days > 365 {
+        cx.err("webhooks.expiring_days", "must be at most 365");
+    }
+    let max_attempts = at_least(
+        cx,
+        "webhooks.max_attempts",
+        r.max_attempts,
+        u64::from(d.max_attempts),
+        1,
+    );
+    if max_attempts > 100 {
+        cx.err("webhooks.max_attempts", "must be at most 100");
+    }
+    let retry_initial = secs(
+        cx,
+        "webhooks.retry_initial_seconds",
+        r.retry_initial_seconds,
+        d.retry_initial.as_secs(),
+        1,
+    );
+    let retry_max = secs(
+        cx,
+        "webhooks.retry_max_seconds",
+        r.retry_max_seconds,
+        d.retry_max.as_secs(),
+        1,
+    );
+    if retry_max < retry_initial {
+        cx.err(
+            "webhooks.retry_max_seconds",
+            "must be at least webhooks.retry_initial_seconds",
+        );
+    }
+    let timeout = secs(
+        cx,
+        "webhooks.timeout_seconds",
+        r.timeout_seconds,
+        d.timeout.as_secs(),
+        1,
+    );
+    if timeout > Duration::from_secs(300) {
+        cx.err("webhooks.timeout_seconds", "must be at most 300");
+    }
+    WebhookSettings {
+        endpoints,
+        expiring_days: u32::try_from(expiring_days.min(365)).unwrap_or(365),
+        expiring_scan_interval: secs(
+            cx,
+            "webhooks.expiring_scan_interval_seconds",
+            r.expiring_scan_interval_seconds,
+            d.expiring_scan_interval.as_secs(),
+            1,
+        ),
+        rate_limited_interval: secs(
+            cx,
+            "webhooks.rate_limited_interval_seconds",
+            r.rate_limited_interval_seconds,
+            d.rate_limited_interval.as_secs(),
+            1,
+        ),
+        max_attempts: u32::try_from(max_attempts.min(100)).unwrap_or(100),
+        retry_initial,
+        retry_max,
+        timeout,
+        keep_deliveries: at_least(
+            cx,
+            "webhooks.keep_deliveries",
+            r.keep_deliveries,
+            d.keep_deliveries,
+            100,
+        ),
+    }
+}
+
+/// A webhook receiver URL: absolute `http` or `https` with a host.
+fn webhook_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("must be an http:// or https:// URL".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("must name a host".into());
+    }
+    Ok(uri)
+}
 
 fn upstreams(
     cx: &mut Ctx,
@@ -2037,6 +2205,98 @@ routes:
         assert_eq!(s.tokens.default_expiry, None);
         let s = ok("tokens: {default_expiry: 30d, max_expiry: 90d}\n");
         assert_eq!(s.tokens.max_expiry, Some(Duration::from_secs(90 * 86_400)));
+    }
+
+    #[test]
+    fn webhooks_endpoints_events_and_policy_are_read() {
+        let s = ok(r#"
+webhooks:
+  endpoints:
+    - name: ops
+      url: https://hooks.example.com/patgate
+      secret: whsec_0123456789abcdef
+      events: [token.revoked, owner.disabled, token.revoked]
+    - url: http://10.0.0.5:8000/in
+      secret: "0123456789abcdef"
+  expiring_days: 3
+  max_attempts: "5"
+  retry_initial_seconds: 2
+  retry_max_seconds: 60
+"#);
+        let w = &s.webhooks;
+        assert_eq!(w.endpoints.len(), 2);
+        assert_eq!(w.endpoints[0].name, "ops");
+        assert_eq!(
+            w.endpoints[0].events,
+            [WebhookEvent::TokenRevoked, WebhookEvent::OwnerDisabled]
+        );
+        // No name: the URL names it; no events: every event.
+        assert_eq!(w.endpoints[1].name, "http://10.0.0.5:8000/in");
+        assert_eq!(w.endpoints[1].events, WebhookEvent::ALL);
+        assert_eq!((w.expiring_days, w.max_attempts), (3, 5));
+        assert_eq!(w.retry_initial, Duration::from_secs(2));
+        assert_eq!(w.retry_max, Duration::from_secs(60));
+        assert_eq!(w.timeout, Duration::from_secs(10));
+        assert_eq!(
+            w.subscribed() & WebhookEvent::TokenNewIp.bit(),
+            WebhookEvent::TokenNewIp.bit()
+        );
+        // The secret is never printed.
+        assert!(!format!("{w:?}").contains("whsec_"));
+        // Absent section: no endpoints, nothing subscribed.
+        assert_eq!(ok("").webhooks.subscribed(), 0);
+    }
+
+    #[test]
+    fn webhook_problems_are_reported_with_their_paths() {
+        let e = errs(
+            r#"
+webhooks:
+  endpoints:
+    - name: a
+      url: ftp://x
+      secret: short
+      events: [token.created, token.exploded]
+    - name: a
+      secret: "0123456789abcdef"
+      events: []
+  retry_initial_seconds: 100
+  retry_max_seconds: 10
+  max_attempts: 0
+  colour: blue
+"#,
+        );
+        let has = |p: &str| e.iter().any(|l| l.starts_with(p));
+        assert!(has("webhooks.colour: unknown field"), "{e:?}");
+        let e = errs(
+            r#"
+webhooks:
+  endpoints:
+    - name: a
+      url: ftp://x
+      secret: short
+      events: [token.created, token.exploded]
+    - name: a
+      secret: "0123456789abcdef"
+      events: []
+  retry_initial_seconds: 100
+  retry_max_seconds: 10
+  max_attempts: 0
+"#,
+        );
+        let has = |p: &str| e.iter().any(|l| l.starts_with(p));
+        for p in [
+            "webhooks.endpoints[0].url: must be an http:// or https:// URL",
+            "webhooks.endpoints[0].secret: must be at least 16 characters",
+            "webhooks.endpoints[0].events[1]: unknown event `token.exploded`",
+            "webhooks.endpoints[1].url: is required",
+            "webhooks.endpoints[1].name: duplicate endpoint `a`",
+            "webhooks.endpoints[1].events: must not be empty",
+            "webhooks.retry_max_seconds: must be at least webhooks.retry_initial_seconds",
+            "webhooks.max_attempts: must be at least 1",
+        ] {
+            assert!(has(p), "missing {p:?} in {e:#?}");
+        }
     }
 
     #[test]

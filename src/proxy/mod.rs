@@ -34,11 +34,12 @@ use crate::body::{self, Body};
 use crate::cache::TokenCache;
 use crate::client_ip;
 use crate::config::RateLimitMode;
-use crate::config::{AuthMode, ConfigErrors, Settings};
+use crate::config::{AuthMode, ConfigErrors, Settings, WebhookEvent};
 use crate::error::{GatewayError, json_response};
 use crate::metrics::{RequestLabels, RouteLabels, metrics};
 use crate::ratelimit::{GcraBackend, GlobalLimiter, RateLimiter};
 use crate::usage::UsageRecorder;
+use crate::webhooks::Webhooks;
 use router::{RouteEntry, Router};
 use upstream::UpstreamPool;
 
@@ -152,6 +153,7 @@ pub struct Gateway {
     gcra: Option<Arc<dyn GcraBackend>>,
     cache: TokenCache,
     usage: Arc<UsageRecorder>,
+    webhooks: Arc<Webhooks>,
 }
 
 /// What the access log needs to know about a request.
@@ -173,13 +175,47 @@ impl Gateway {
         cache: TokenCache,
         usage: Arc<UsageRecorder>,
         gcra: Option<Arc<dyn GcraBackend>>,
+        webhooks: Arc<Webhooks>,
     ) -> Result<Self, ConfigErrors> {
         Ok(Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(settings, gcra.as_ref())?),
             gcra,
             cache,
             usage,
+            webhooks,
         })
+    }
+
+    /// Where events of the data plane go.
+    pub fn webhooks(&self) -> &Arc<Webhooks> {
+        &self.webhooks
+    }
+
+    /// `token.rate_limited` for the token presented in `headers` (it was just
+    /// authenticated, so its lookup is cached): at most one per token per
+    /// `webhooks.rate_limited_interval_seconds`, across replicas.
+    async fn rate_limited_event(&self, headers: &http::HeaderMap, route: &str) {
+        let event = WebhookEvent::TokenRateLimited;
+        if !self.webhooks.wants(event) {
+            return;
+        }
+        let Ok(token) = auth::credentials::bearer(headers) else {
+            return;
+        };
+        let Ok(Some(lookup)) = self.cache.lookup(crate::token::TokenHash::of(token)).await else {
+            return;
+        };
+        let r = &lookup.record;
+        let every = self.webhooks.settings().rate_limited_interval;
+        self.webhooks
+            .emit_once(event, format!("{}:{}", event.name(), r.id), every, || {
+                serde_json::json!({
+                    "tokenId": r.id,
+                    "ownerId": r.owner_id,
+                    "prefix": r.prefix,
+                    "route": route,
+                })
+            });
     }
 
     /// The current runtime (config generation).
@@ -387,7 +423,12 @@ impl Gateway {
                     .observe(started.elapsed().as_secs_f64());
                 let identity = match decision {
                     Ok(i) => i,
-                    Err(d) => return Err((GatewayError::Denied(d), route_name, None)),
+                    Err(d) => {
+                        if matches!(d, auth::Deny::RateLimited(_)) {
+                            self.rate_limited_event(req.headers(), &route_name).await;
+                        }
+                        return Err((GatewayError::Denied(d), route_name, None));
+                    }
                 };
                 // Charged last: a request refused by any other check costs nothing.
                 if let Some(q) = &settings.rate_limit.quota
@@ -396,6 +437,7 @@ impl Gateway {
                         q,
                         identity.record(),
                         route.quota_cost,
+                        &self.webhooks,
                     )
                     .await
                 {

@@ -25,6 +25,8 @@
 //! Invalidations go through a local `tokio::sync::broadcast` channel: a single node has
 //! no one else to tell.
 
+mod outbox;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +39,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::broadcast;
 
 use super::{
-    AuditEvent, AuditQuery, Changed, HOURLY_RETENTION_HOURS, Invalidation, InvalidationRx,
-    ListQuery, Lookup, Mutation, Page, StoreError, TokenRecord, TokenStore, UsageDelta, hour_of,
+    AuditEvent, AuditQuery, Changed, Delivery, DeliveryQuery, HOURLY_RETENTION_HOURS, Invalidation,
+    InvalidationRx, ListQuery, Lookup, Mutation, Page, StoreError, TokenRecord, TokenStore,
+    UsageDelta, hour_of,
 };
 use crate::config::EmbeddedSettings;
 use crate::token::TokenHash;
@@ -159,6 +162,7 @@ impl EmbeddedStore {
         tx.open_table(QUOTAS).map_err(db_err)?;
         tx.open_table(AUDIT).map_err(db_err)?;
         tx.open_table(USAGE_HOURLY).map_err(db_err)?;
+        outbox::create_tables(&tx)?;
         tx.commit().map_err(db_err)?;
         Ok(db)
     }
@@ -747,5 +751,34 @@ impl TokenStore for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn enqueue_deliveries(
+        &self,
+        deliveries: &[Delivery],
+        keep: u64,
+    ) -> Result<(), StoreError> {
+        self.outbox_enqueue(deliveries, keep).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.outbox_claim(now, lease, limit).await
+    }
+
+    async fn save_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        self.outbox_save(delivery).await
+    }
+
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        self.outbox_list(query).await
+    }
+
+    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.once_marker(key, ttl).await
     }
 }

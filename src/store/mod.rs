@@ -9,7 +9,10 @@
 //! management operations — never on the cached request path.
 
 mod entry;
+mod outbox;
 mod record;
+
+pub use outbox::{Delivery, DeliveryQuery, DeliveryStatus};
 
 pub use record::{
     AuditEvent, AuditQuery, Changed, Invalidation, ListQuery, Lookup, Page, RateLimit, TokenRecord,
@@ -19,6 +22,7 @@ pub use record::{
 use std::time::Duration;
 
 use async_trait::async_trait;
+use jiff::Timestamp;
 use tokio::sync::broadcast;
 
 use crate::token::TokenHash;
@@ -156,6 +160,34 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Cheap reachability check for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Adds webhook deliveries to the outbox (each due at its `due_ms`), then trims
+    /// the outbox to the newest `keep` deliveries, never dropping pending ones.
+    async fn enqueue_deliveries(
+        &self,
+        deliveries: &[Delivery],
+        keep: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Takes up to `limit` pending deliveries due at `now` and leases them until
+    /// `now + lease`: until then no other caller gets them. One atomic step.
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Writes a delivery back after an attempt: pending ones are due again at their
+    /// `nextAttemptAt`, final ones leave the queue.
+    async fn save_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
+
+    /// Deliveries newest first, filtered by `query`.
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Claims the one-shot marker `key` for `ttl`: `true` for the first caller (on
+    /// any replica), `false` while the marker lives. Dedups events across replicas.
+    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
 }
 
 pub mod embedded;
