@@ -282,7 +282,7 @@ pub enum ReloadError {
 /// running gateway: the one reload path, used by SIGHUP and `POST /v1/reload`.
 ///
 /// Applied: routes, upstreams (their TLS files re-read), rate limits, identity
-/// headers, timeouts of new upstream requests, logging flags, and both listeners'
+/// headers, timeouts of new upstream requests, logging flags, webhooks, and both listeners'
 /// certificates. Nothing is applied unless all of it could be built. Kept until a
 /// restart (with a warning): listener addresses, turning TLS on or off, store,
 /// token format and admin keys. In-flight requests finish on the generation they
