@@ -151,7 +151,8 @@ impl App {
         Self::with_store(Arc::new(settings), store, config_path)
     }
 
-    fn serve_options(&self) -> ServeOptions {
+    /// The listeners' connection settings from the config.
+    pub fn serve_options(&self) -> ServeOptions {
         let s = &self.settings;
         ServeOptions {
             header_read_timeout: s.timeouts.header_read,

@@ -75,16 +75,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
 }
 
-/// Serves `listener` with `handler` until `shutdown` resolves, then drains. With
-/// `tls`, each connection first completes a TLS handshake (within the header-read
-/// timeout) and is served as `https`.
-pub async fn serve<H: Handler>(
-    listener: TcpListener,
-    handler: Arc<H>,
-    options: ServeOptions,
-    tls: Option<Arc<TlsReloader>>,
-    shutdown: impl Future<Output = ()>,
-) {
+/// The HTTP/1 + HTTP/2 connection settings every served connection uses.
+fn http_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -97,7 +89,20 @@ pub async fn serve<H: Handler>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    builder
+}
+
+/// Serves `listener` with `handler` until `shutdown` resolves, then drains. With
+/// `tls`, each connection first completes a TLS handshake (within the header-read
+/// timeout) and is served as `https`.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    options: ServeOptions,
+    tls: Option<Arc<TlsReloader>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(http_builder(&options));
     // Every served connection holds one permit: when all are back, all are closed.
     let max = options.max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
@@ -175,6 +180,30 @@ pub async fn serve<H: Handler>(
     {
         tracing::warn!("drain deadline reached; closing remaining connections");
     }
+}
+
+/// Serves one already-established connection `io` (any byte stream: a socket, or an
+/// in-memory pipe in the pipeline fuzz target) as [`serve`] serves an accepted one,
+/// until the client closes it or it idles out. One difference: HTTP/1 half-close is
+/// allowed, so a client may send its whole input, shut down its write side, and still
+/// read every answer (without it an EOF cancels the requests still in flight).
+pub async fn serve_io<H, S>(io: S, handler: Arc<H>, info: ConnInfo, options: &ServeOptions)
+where
+    H: Handler,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Never told to drain: the sender lives until the connection ends.
+    let (_stop_tx, stop) = watch::channel(false);
+    let mut builder = http_builder(options);
+    builder.http1().half_close(true);
+    let conn = Connection {
+        builder: Arc::new(builder),
+        handler,
+        info,
+        idle_timeout: options.idle_timeout,
+        stop,
+    };
+    conn.run(io).await;
 }
 
 /// One accepted connection and what serving it needs.

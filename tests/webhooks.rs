@@ -109,11 +109,7 @@ impl Receiver {
                 });
             }
         });
-        Receiver {
-            addr,
-            hits,
-            task,
-        }
+        Receiver { addr, hits, task }
     }
 
     fn url(&self) -> String {

@@ -3,6 +3,7 @@
 //! This crate is the only place with `unsafe` in the repository: libFuzzer hands each
 //! input over as a pointer and a length.
 
+pub mod pipeline;
 pub mod targets;
 
 /// Runs `target` on libFuzzer's input. Always returns 0 (a panic aborts: a finding).
