@@ -174,6 +174,7 @@ impl Gateway {
         usage: Arc<UsageRecorder>,
         gcra: Option<Arc<dyn GcraBackend>>,
     ) -> Result<Self, ConfigErrors> {
+        usage.set_signals(settings.client_ip.signals);
         Ok(Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(settings, gcra.as_ref())?),
             gcra,
@@ -193,8 +194,10 @@ impl Gateway {
     }
 
     /// Installs a new config generation (built with [`Gateway::runtime_for`]);
-    /// in-flight requests finish on the old one.
+    /// in-flight requests finish on the old one. Its `client_ip.signals` apply to
+    /// usage recorded from now on.
     pub fn install(&self, runtime: Runtime) {
+        self.usage.set_signals(runtime.settings.client_ip.signals);
         self.runtime.store(Arc::new(runtime));
     }
 
@@ -248,7 +251,8 @@ impl Gateway {
             }
         };
         if let Some(id) = &identity {
-            self.usage.record(&id.record().id, crate::clock::wall());
+            self.usage
+                .record(&id.record().id, crate::clock::wall(), client_ip);
         }
         let outcome = match (deny, &identity) {
             (Some(reason), _) => reason,
