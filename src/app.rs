@@ -269,8 +269,9 @@ pub enum ReloadError {
 /// Re-reads the config file the process was started with and applies it to the
 /// running gateway: the one reload path, used by SIGHUP and `POST /v1/reload`.
 ///
-/// Applied: routes, upstreams (their TLS files re-read), rate limits, identity
-/// headers, timeouts of new upstream requests, logging flags, and both listeners'
+/// Applied: routes, upstreams (their TLS files re-read), rate limits and quotas,
+/// client-IP settings (trusted proxies, key-sharing signals), identity headers,
+/// timeouts of new upstream requests, logging flags, and both listeners'
 /// certificates. Nothing is applied unless all of it could be built. Kept until a
 /// restart (with a warning): listener addresses, turning TLS on or off, store,
 /// token format and admin keys. In-flight requests finish on the generation they
@@ -315,6 +316,11 @@ impl Reloader {
     /// The config file reloads read, if any.
     pub fn path(&self) -> Option<&std::path::Path> {
         self.path.as_deref()
+    }
+
+    /// The settings in force now (the last applied reload, else the initial ones).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.gateway.runtime().settings.clone()
     }
 
     /// Reads, validates and applies the config file; returns the warnings (changes
