@@ -177,6 +177,7 @@ impl App {
             .usage
             .spawn_flusher(self.store.clone(), USAGE_FLUSH_INTERVAL);
         let webhook_worker = self.webhooks.spawn_worker();
+        let new_ip_events = self.webhooks.spawn_new_ip_events(&self.usage);
         let gateway = self.gateway.clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -226,6 +227,9 @@ impl App {
             Ok(n) => tracing::info!(tokens = n, "usage flushed"),
             Err(e) => tracing::warn!(error = %e, "final usage flush failed"),
         }
+        // Let the last flush's new-IP reports become events, then store them.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        new_ip_events.abort();
         if let Err(e) = self.webhooks.flush().await {
             tracing::warn!(error = %e, "webhook events could not be written to the outbox before exit");
         }
@@ -282,8 +286,9 @@ pub enum ReloadError {
 /// Re-reads the config file the process was started with and applies it to the
 /// running gateway: the one reload path, used by SIGHUP and `POST /v1/reload`.
 ///
-/// Applied: routes, upstreams (their TLS files re-read), rate limits, identity
-/// headers, timeouts of new upstream requests, logging flags, webhooks, and both listeners'
+/// Applied: routes, upstreams (their TLS files re-read), rate limits and quotas,
+/// client-IP settings (trusted proxies, key-sharing signals), identity headers,
+/// timeouts of new upstream requests, logging flags, webhooks, and both listeners'
 /// certificates. Nothing is applied unless all of it could be built. Kept until a
 /// restart (with a warning): listener addresses, turning TLS on or off, store,
 /// token format and admin keys. In-flight requests finish on the generation they
@@ -328,6 +333,11 @@ impl Reloader {
     /// The config file reloads read, if any.
     pub fn path(&self) -> Option<&std::path::Path> {
         self.path.as_deref()
+    }
+
+    /// The settings in force now (the last applied reload, else the initial ones).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.gateway.runtime().settings.clone()
     }
 
     /// Reads, validates and applies the config file; returns the warnings (changes

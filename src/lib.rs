@@ -20,7 +20,8 @@
 //! - [`dev`]: `patgate dev` — embedded store, echo upstream, a minted token.
 //! - [`telemetry`]: tracing setup.
 //! - [`lifecycle`]: token lifecycle operations (create … delete), invalidation, audit.
-//! - [`usage`]: in-memory usage counts flushed to the store in batches.
+//! - [`usage`]: in-memory usage counts and client-IP prefixes (key-sharing signals),
+//!   flushed to the store in batches.
 //! - [`client_ip`]: the client IP behind trusted proxies.
 //! - [`body`]: the body type and the streaming body-size limit.
 //! - [`app`]: wiring, signals, drain.

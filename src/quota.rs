@@ -21,7 +21,7 @@ use jiff::{Timestamp, ToSpan};
 use crate::auth::Deny;
 use crate::config::{QuotaPeriod, QuotaSettings, QuotaSubject, WebhookEvent};
 use crate::metrics::metrics;
-use crate::store::{TokenRecord, TokenStore};
+use crate::store::{StoreError, TokenRecord, TokenStore};
 use crate::webhooks::Webhooks;
 
 /// A subject's quota right now.
@@ -198,20 +198,61 @@ fn notify(
     });
 }
 
-/// The quota state of `record`'s subject, without charging (for whoami).
+/// The quota state of `record`'s subject, without charging (for whoami); `None`
+/// when the store is unreachable.
 pub async fn state(
     store: &dyn TokenStore,
     q: &QuotaSettings,
     record: &TokenRecord,
 ) -> Option<QuotaState> {
-    let now = crate::clock::wall();
+    read(store, q, record, crate::clock::wall()).await.ok()
+}
+
+/// The quota state of `record`'s subject at `now`, without charging.
+pub async fn read(
+    store: &dyn TokenStore,
+    q: &QuotaSettings,
+    record: &TokenRecord,
+    now: Timestamp,
+) -> Result<QuotaState, StoreError> {
     let (start, end) = period(now, q.period);
-    let used = store.quota_used(&subject(q, record), start).await.ok()?;
-    Some(QuotaState {
+    let used = store.quota_used(&subject(q, record), start).await?;
+    Ok(QuotaState {
         limit: q.requests,
         used,
         reset: Duration::from_secs(end.saturating_sub(u64::try_from(now.as_second()).unwrap_or(0))),
     })
+}
+
+/// `GET /v1/tokens/{id}/quota`'s `quota` object: whoami's fields plus the period,
+/// whose quota it is and when it resets (`now` + `resetSeconds`, the period's end).
+pub fn admin_json(state: &QuotaState, q: &QuotaSettings, now: Timestamp) -> serde_json::Value {
+    let mut v = state.to_json();
+    let (_, end) = period(now, q.period);
+    let reset_at = i64::try_from(end)
+        .ok()
+        .and_then(|s| Timestamp::from_second(s).ok())
+        .map(|t| t.to_string());
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "period".into(),
+            match q.period {
+                QuotaPeriod::Day => "day",
+                QuotaPeriod::Month => "month",
+            }
+            .into(),
+        );
+        o.insert(
+            "per".into(),
+            match q.per {
+                QuotaSubject::Token => "token",
+                QuotaSubject::Owner => "owner",
+            }
+            .into(),
+        );
+        o.insert("resetAt".into(), reset_at.into());
+    }
+    v
 }
 
 #[cfg(test)]
@@ -220,6 +261,28 @@ mod tests {
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn admin_json_names_the_period_subject_and_reset_time() {
+        let q = QuotaSettings {
+            requests: 100,
+            period: QuotaPeriod::Month,
+            per: QuotaSubject::Owner,
+        };
+        let now = ts("2026-11-23T17:05:00Z");
+        let state = QuotaState {
+            limit: 100,
+            used: 30,
+            reset: Duration::from_secs(10),
+        };
+        assert_eq!(
+            admin_json(&state, &q, now),
+            serde_json::json!({
+                "limit": 100, "used": 30, "remaining": 70, "resetSeconds": 10,
+                "period": "month", "per": "owner", "resetAt": "2026-12-01T00:00:00Z",
+            })
+        );
     }
 
     #[test]

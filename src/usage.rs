@@ -1,77 +1,202 @@
 //! Usage tracking without a store write on the request path.
 //!
-//! Each accepted request bumps an in-memory counter for its token id; a flusher task
-//! writes the aggregated counts to the store every `interval` (≤ 1 s) in one batch.
-//! A failed flush keeps the batch and retries it with the next one, so counts are not
-//! dropped while the store is down; [`UsageRecorder::flush`] runs once more on
-//! graceful shutdown. Loss bound on a crash: the counts of the last interval.
+//! Each accepted request bumps an in-memory counter for its token id, and the request
+//! count of its client-IP prefix (`client_ip.signals`: IPv4 /24 and IPv6 /64 by
+//! default); a flusher task writes the aggregated counts to the store every `interval`
+//! (≤ 1 s) in one batch. A failed flush keeps the batch and retries it with the next
+//! one, so counts are not dropped while the store is down; [`UsageRecorder::flush`]
+//! runs once more on graceful shutdown. Loss bound on a crash: the counts of the last
+//! interval.
+//!
+//! Memory bound: per token and interval at most `max_per_token` prefixes are pending;
+//! a further new prefix replaces the least recently seen one (the store keeps the most
+//! recently seen ones too, so nothing it would keep is lost).
+//!
+//! New prefixes: the store reports the prefixes a token had not been seen from
+//! ([`NewIpSeen`]); the flusher sends them to the channel given to
+//! [`UsageRecorder::report_new_ips_to`] (webhooks turn them into `token.new_ip`).
+//! Delivery is at most once: a report is lost if the flush that found it fails
+//! half-way (the retry no longer sees the prefix as new) or the receiver is gone.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use jiff::Timestamp;
+use tokio::sync::mpsc::UnboundedSender;
 
-use crate::store::{TokenStore, UsageDelta};
+use crate::config::IpSignals;
+use crate::store::{ClientIpSeen, IpRetention, NewIpSeen, TokenStore, UsageDelta};
 
-/// Pending counts per token id.
+/// One token's pending usage.
+#[derive(Debug)]
+struct Pending {
+    /// Requests since the last flush.
+    count: u64,
+    /// Latest request.
+    last: Timestamp,
+    /// Distinct client-IP prefixes since the last flush (≤ `max_per_token`).
+    ips: Vec<ClientIpSeen>,
+}
+
+impl Pending {
+    /// Counts one request at `at`, from `seen` (when prefixes are recorded).
+    fn add(&mut self, at: Timestamp, seen: Option<ClientIpSeen>, max: usize) {
+        self.count += 1;
+        if at > self.last {
+            self.last = at;
+        }
+        if let Some(seen) = seen {
+            add_ip(&mut self.ips, seen, max);
+        }
+    }
+}
+
+/// What the request path changes, under one lock.
+#[derive(Debug, Default)]
+struct State {
+    /// Pending usage per token id.
+    tokens: HashMap<String, Pending>,
+    /// The current `client_ip.signals` (replaced on reload).
+    signals: IpSignals,
+}
+
+/// Pending counts per token id, and where new client-IP prefixes are reported.
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
-    pending: Mutex<HashMap<String, (u64, Timestamp)>>,
+    state: Mutex<State>,
+    /// Receiver of new-prefix reports, if any (set once by the webhook wiring).
+    new_ips: Mutex<Option<UnboundedSender<NewIpSeen>>>,
+}
+
+/// The prefix `ip` is grouped under: IPv4-mapped IPv6 as IPv4, host bits cleared.
+pub fn ip_prefix(ip: IpAddr, signals: &IpSignals) -> IpNet {
+    let ip = crate::client_ip::canonical(ip);
+    let len = match ip {
+        IpAddr::V4(_) => signals.ipv4_prefix,
+        IpAddr::V6(_) => signals.ipv6_prefix,
+    };
+    // Validated lengths never fail; a bad one falls back to the exact address.
+    IpNet::new(ip, len).map_or(IpNet::from(ip), |n| n.trunc())
+}
+
+/// Adds one prefix's requests to a pending list of at most `max` entries (at the
+/// bound, the least recently seen entry makes room). No allocation once the list has
+/// grown to its size; a scan of at most `max` entries.
+fn add_ip(ips: &mut Vec<ClientIpSeen>, seen: ClientIpSeen, max: usize) {
+    if let Some(e) = ips.iter_mut().find(|e| e.prefix == seen.prefix) {
+        e.merge(&seen);
+        return;
+    }
+    if ips.len() < max.max(1) {
+        ips.push(seen);
+        return;
+    }
+    if let Some(oldest) = ips.iter_mut().min_by_key(|e| e.last_seen_at)
+        && oldest.last_seen_at <= seen.last_seen_at
+    {
+        *oldest = seen;
+    }
 }
 
 impl UsageRecorder {
-    /// An empty recorder.
+    /// An empty recorder with the default `client_ip.signals`.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Counts one accepted request. Cost: one short uncontended lock; allocates only
-    /// for the first request of a token in a flush interval.
-    pub fn record(&self, id: &str, at: Timestamp) {
-        let Ok(mut map) = self.pending.lock() else {
-            return;
-        };
-        if let Some(e) = map.get_mut(id) {
-            e.0 += 1;
-            if at > e.1 {
-                e.1 = at;
-            }
-        } else {
-            map.insert(id.to_string(), (1, at));
+    /// Applies `client_ip.signals` (at start and on every reload). Pending prefixes
+    /// keep the grouping they were counted with.
+    pub fn set_signals(&self, signals: IpSignals) {
+        if let Ok(mut s) = self.state.lock() {
+            s.signals = signals;
         }
     }
 
-    fn take(&self) -> Vec<UsageDelta> {
-        let Ok(mut map) = self.pending.lock() else {
-            return Vec::new();
+    /// Sends every new client-IP prefix the store reports to `tx` from now on
+    /// (replacing an earlier receiver). Sends never block; a dropped receiver only
+    /// loses the reports.
+    pub fn report_new_ips_to(&self, tx: UnboundedSender<NewIpSeen>) {
+        if let Ok(mut s) = self.new_ips.lock() {
+            *s = Some(tx);
+        }
+    }
+
+    /// Counts one accepted request from `client_ip`. Cost: one short uncontended
+    /// lock and a scan of the token's pending prefixes (≤ `max_per_token`); allocates
+    /// only for the first request of a token, and for its first prefix, in a flush
+    /// interval.
+    pub fn record(&self, id: &str, at: Timestamp, client_ip: IpAddr) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
         };
-        std::mem::take(&mut *map)
+        let State { tokens, signals } = &mut *state;
+        let seen = signals.enabled.then(|| ClientIpSeen {
+            prefix: ip_prefix(client_ip, signals),
+            first_seen_at: at,
+            last_seen_at: at,
+            count: 1,
+        });
+        let max = signals.max_per_token;
+        match tokens.get_mut(id) {
+            Some(p) => p.add(at, seen, max),
+            None => {
+                let mut p = Pending {
+                    count: 0,
+                    last: at,
+                    ips: Vec::new(),
+                };
+                p.add(at, seen, max);
+                tokens.insert(id.to_string(), p);
+            }
+        }
+    }
+
+    /// The pending batch, and how the store is to bound what it keeps.
+    fn take(&self) -> (Vec<UsageDelta>, IpRetention) {
+        let Ok(mut state) = self.state.lock() else {
+            return (Vec::new(), retention(&IpSignals::default()));
+        };
+        let retention = retention(&state.signals);
+        let batch = std::mem::take(&mut state.tokens)
             .into_iter()
-            .map(|(id, (count, last_used_at))| UsageDelta {
+            .map(|(id, p)| UsageDelta {
                 id,
-                count,
-                last_used_at,
+                count: p.count,
+                last_used_at: p.last,
+                ips: p.ips,
             })
-            .collect()
+            .collect();
+        (batch, retention)
     }
 
     fn put_back(&self, batch: Vec<UsageDelta>) {
-        let Ok(mut map) = self.pending.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
+        let max = state.signals.max_per_token;
         for d in batch {
-            let e = map.entry(d.id).or_insert((0, d.last_used_at));
-            e.0 += d.count;
-            if d.last_used_at > e.1 {
-                e.1 = d.last_used_at;
+            let e = state.tokens.entry(d.id).or_insert(Pending {
+                count: 0,
+                last: d.last_used_at,
+                ips: Vec::new(),
+            });
+            e.count += d.count;
+            if d.last_used_at > e.last {
+                e.last = d.last_used_at;
+            }
+            for ip in d.ips {
+                add_ip(&mut e.ips, ip, max);
             }
         }
     }
 
-    /// Writes pending counts; on failure keeps them for the next flush.
+    /// Writes pending counts; on failure keeps them for the next flush. New client-IP
+    /// prefixes go to the receiver set by [`UsageRecorder::report_new_ips_to`].
     pub async fn flush(&self, store: &dyn TokenStore) -> Result<usize, crate::store::StoreError> {
-        let batch = self.take();
+        let (batch, retention) = self.take();
         if batch.is_empty() {
             crate::metrics::metrics()
                 .usage_last_flush
@@ -79,18 +204,35 @@ impl UsageRecorder {
             return Ok(0);
         }
         let n = batch.len();
-        match store.record_usage(&batch).await {
-            Ok(()) => {
+        match store.record_usage(&batch, retention).await {
+            Ok(new_ips) => {
                 crate::metrics::metrics().usage_flushed.inc_by(n as u64);
                 crate::metrics::metrics()
                     .usage_last_flush
                     .set(jiff::Timestamp::now().as_second());
+                self.report(new_ips);
                 Ok(n)
             }
             Err(e) => {
                 crate::metrics::metrics().usage_flush_errors.inc();
                 self.put_back(batch);
                 Err(e)
+            }
+        }
+    }
+
+    fn report(&self, new_ips: Vec<NewIpSeen>) {
+        if new_ips.is_empty() {
+            return;
+        }
+        let Ok(sink) = self.new_ips.lock() else {
+            return;
+        };
+        if let Some(tx) = sink.as_ref() {
+            for seen in new_ips {
+                if tx.send(seen).is_err() {
+                    break;
+                }
             }
         }
     }
@@ -112,5 +254,227 @@ impl UsageRecorder {
                 }
             }
         })
+    }
+}
+
+/// What the store keeps per token, from `client_ip.signals`.
+fn retention(s: &IpSignals) -> IpRetention {
+    IpRetention {
+        max_per_token: s.max_per_token,
+        retention: s.retention(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_are_grouped_by_the_configured_prefixes() {
+        let d = IpSignals::default();
+        assert_eq!(
+            ip_prefix(ip("203.0.113.77"), &d).to_string(),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            ip_prefix(ip("2001:db8:1:2:3:4:5:6"), &d).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            ip_prefix(ip("::ffff:198.51.100.9"), &d).to_string(),
+            "198.51.100.0/24",
+            "IPv4-mapped IPv6 counts as IPv4"
+        );
+        let exact = IpSignals {
+            ipv4_prefix: 32,
+            ipv6_prefix: 128,
+            ..d
+        };
+        assert_eq!(
+            ip_prefix(ip("203.0.113.77"), &exact).to_string(),
+            "203.0.113.77/32"
+        );
+        assert_eq!(
+            ip_prefix(ip("2001:db8::1"), &exact).to_string(),
+            "2001:db8::1/128"
+        );
+    }
+
+    #[test]
+    fn requests_are_counted_per_token_and_prefix() {
+        let r = UsageRecorder::new();
+        r.record("a", at(1), ip("10.0.0.1"));
+        r.record("a", at(3), ip("10.0.0.2"));
+        r.record("a", at(2), ip("10.0.1.1"));
+        r.record("b", at(5), ip("10.0.0.1"));
+        let (mut batch, retention) = r.take();
+        assert_eq!(retention.max_per_token, 32);
+        assert_eq!(retention.retention, Duration::from_secs(7 * 86_400));
+        batch.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!((batch[0].count, batch[0].last_used_at), (3, at(3)));
+        let a: Vec<_> = batch[0]
+            .ips
+            .iter()
+            .map(|s| {
+                (
+                    s.prefix.to_string(),
+                    s.count,
+                    s.first_seen_at,
+                    s.last_seen_at,
+                )
+            })
+            .collect();
+        assert_eq!(
+            a,
+            vec![
+                ("10.0.0.0/24".to_string(), 2, at(1), at(3)),
+                ("10.0.1.0/24".to_string(), 1, at(2), at(2)),
+            ]
+        );
+        assert_eq!(batch[1].ips.len(), 1);
+        assert!(r.take().0.is_empty(), "taken means gone");
+    }
+
+    #[test]
+    fn pending_prefixes_are_bounded_and_keep_the_most_recent() {
+        let r = UsageRecorder::new();
+        r.set_signals(IpSignals {
+            max_per_token: 2,
+            warn_above: 1,
+            ..IpSignals::default()
+        });
+        r.record("a", at(1), ip("10.0.1.1"));
+        r.record("a", at(2), ip("10.0.2.1"));
+        r.record("a", at(3), ip("10.0.3.1"));
+        r.record("a", at(4), ip("10.0.2.9"));
+        let (batch, retention) = r.take();
+        assert_eq!(retention.max_per_token, 2);
+        let mut got: Vec<_> = batch[0]
+            .ips
+            .iter()
+            .map(|s| (s.prefix.to_string(), s.count))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.2.0/24".to_string(), 2),
+                ("10.0.3.0/24".to_string(), 1)
+            ]
+        );
+        assert_eq!(batch[0].count, 4, "every request is counted");
+    }
+
+    #[test]
+    fn disabled_signals_record_counts_only() {
+        let r = UsageRecorder::new();
+        r.set_signals(IpSignals {
+            enabled: false,
+            ..IpSignals::default()
+        });
+        r.record("a", at(1), ip("10.0.0.1"));
+        let (batch, _) = r.take();
+        assert_eq!(batch[0].count, 1);
+        assert!(batch[0].ips.is_empty());
+    }
+
+    #[tokio::test]
+    async fn new_prefixes_are_handed_to_the_receiver_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::EmbeddedStore::open(&crate::config::EmbeddedSettings {
+            path: dir.path().join("u.redb"),
+            audit_max_events: 10,
+        })
+        .unwrap();
+        let record = |id: &str| crate::store::TokenRecord {
+            id: id.into(),
+            name: "n".into(),
+            description: String::new(),
+            prefix: "pat_abcdefgh".into(),
+            kind: crate::store::TokenType::User,
+            owner_id: "u".into(),
+            org_id: None,
+            project_id: None,
+            permissions: vec![],
+            scopes: vec![],
+            created_at: at(0),
+            created_by: "admin:t".into(),
+            expires_at: None,
+            is_active: true,
+            revoked_at: None,
+            last_used_at: None,
+            usage_count: 0,
+            ip_allowlist: vec![],
+            rate_limit: None,
+            metadata: Default::default(),
+        };
+        store
+            .create(&crate::token::TokenHash::of("t1"), &record("t1"))
+            .await
+            .unwrap();
+        let r = UsageRecorder::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        r.report_new_ips_to(tx);
+
+        // The first prefix of a brand-new token is new.
+        r.record("t1", at(1), ip("203.0.113.5"));
+        r.record("t1", at(2), ip("203.0.113.6"));
+        assert_eq!(r.flush(&store).await.unwrap(), 1);
+        let got = rx.try_recv().unwrap();
+        assert_eq!(
+            (
+                got.token_id.as_str(),
+                got.prefix.to_string(),
+                got.count,
+                got.distinct
+            ),
+            ("t1", "203.0.113.0/24".to_string(), 2, 1)
+        );
+        assert_eq!(got.first_seen_at, at(1));
+        assert!(rx.try_recv().is_err());
+
+        // Known: nothing; another network: reported.
+        r.record("t1", at(3), ip("203.0.113.7"));
+        r.record("t1", at(4), ip("2001:db8::1"));
+        r.flush(&store).await.unwrap();
+        let got = rx.try_recv().unwrap();
+        assert_eq!(
+            (got.prefix.to_string(), got.distinct),
+            ("2001:db8::/64".to_string(), 2)
+        );
+        assert!(rx.try_recv().is_err());
+        let stored = store.client_ips("t1", Timestamp::MIN).await.unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[1].count, 3);
+
+        // A dropped receiver costs nothing but the reports.
+        drop(rx);
+        r.record("t1", at(5), ip("198.51.100.1"));
+        assert_eq!(r.flush(&store).await.unwrap(), 1);
+    }
+
+    #[test]
+    fn a_failed_batch_is_merged_back() {
+        let r = UsageRecorder::new();
+        r.record("a", at(1), ip("10.0.0.1"));
+        let (batch, _) = r.take();
+        r.record("a", at(5), ip("10.0.0.2"));
+        r.put_back(batch);
+        let (batch, _) = r.take();
+        assert_eq!((batch[0].count, batch[0].last_used_at), (2, at(5)));
+        assert_eq!(batch[0].ips.len(), 1);
+        let s = batch[0].ips[0];
+        assert_eq!(
+            (s.count, s.first_seen_at, s.last_seen_at),
+            (2, at(1), at(5))
+        );
     }
 }

@@ -556,6 +556,33 @@ impl Webhooks {
     }
 }
 
+impl Webhooks {
+    /// Turns the usage flusher's reports of client-IP prefixes a token had not been
+    /// seen from into `token.new_ip` events (see `client_ip.signals`). Runs until
+    /// aborted; reports arrive at most once (see [`crate::usage`]).
+    pub fn spawn_new_ip_events(
+        self: &Arc<Self>,
+        usage: &crate::usage::UsageRecorder,
+    ) -> tokio::task::JoinHandle<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::store::NewIpSeen>();
+        usage.report_new_ips_to(tx);
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(n) = rx.recv().await {
+                this.emit(WebhookEvent::TokenNewIp, || {
+                    json!({
+                        "tokenId": n.token_id,
+                        "prefix": n.prefix.to_string(),
+                        "firstSeenAt": n.first_seen_at,
+                        "count": n.count,
+                        "distinct": n.distinct,
+                    })
+                });
+            }
+        })
+    }
+}
+
 fn count_attempt(result: &'static str) {
     metrics()
         .webhook_attempts

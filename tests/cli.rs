@@ -48,7 +48,7 @@ fn check_config_exits_0_for_valid_and_2_listing_every_problem() {
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        "listen: nowhere\ntokens:\n  prefix: BAD\nroutes:\n  - name: a\n    path_prefix: api\n    upstream: billing\n",
+        "listen: nowhere\ntokens:\n  prefix: BAD\nclient_ip:\n  signals:\n    ipv4_prefix: 40\n    retention_days: 0\nroutes:\n  - name: a\n    path_prefix: api\n    upstream: billing\n",
     )
     .unwrap();
     let out = Command::new(binary())
@@ -59,7 +59,7 @@ fn check_config_exits_0_for_valid_and_2_listing_every_problem() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().collect();
-    assert!(lines.len() >= 4, "{err}");
+    assert!(lines.len() >= 6, "{err}");
     assert!(
         lines.iter().all(|l| l.starts_with("config error: ")),
         "{err}"
@@ -69,6 +69,8 @@ fn check_config_exits_0_for_valid_and_2_listing_every_problem() {
         "tokens.prefix",
         "routes[0].path_prefix",
         "routes[0].upstream",
+        "client_ip.signals.ipv4_prefix",
+        "client_ip.signals.retention_days",
     ] {
         assert!(
             err.contains(&format!("config error: {path}: ")),

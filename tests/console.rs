@@ -2,8 +2,8 @@
 //! Redis: the served assets and their security headers, then the whole console in a
 //! real browser — `tests/console/e2e.py` drives headless Chromium with Selenium
 //! (sign-in, create with the one-time secret, list/filter/sort, edit, regenerate,
-//! deactivate, revoke → 401, owners, audit, delete, a `tokens:self` PAT, 390 px and
-//! 1280 px widths) and saves a screenshot of each page under
+//! deactivate, revoke → 401, the quota and the client-IP table with its key-sharing
+//! warning, owners, audit, delete, a `tokens:self` PAT, 390 px and 1280 px widths) and saves a screenshot of each page under
 //! `target/console-screenshots/`.
 //!
 //! The browser test needs `/usr/bin/chromium`, `/usr/bin/chromedriver` and
@@ -39,6 +39,12 @@ store:
 tokens:
   prefix: pat_
   default_expiry: 365d
+rate_limit:
+  quota:
+    requests: 1000
+    period: month
+client_ip:
+  trusted_proxies: [127.0.0.1]
 routes:
   - name: all
     path_prefix: /
@@ -209,6 +215,7 @@ async fn console_works_end_to_end_in_headless_chromium() {
         "04-token-list",
         "05-token-page",
         "07-audit",
+        "09-key-sharing",
     ] {
         let png = shots.join(format!("{name}.png"));
         assert!(

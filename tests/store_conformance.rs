@@ -15,8 +15,9 @@ use patgate::config::{EmbeddedSettings, RedisSettings};
 use patgate::store::embedded::EmbeddedStore;
 use patgate::store::redis::RedisStore;
 use patgate::store::{
-    AuditEvent, AuditQuery, Delivery, DeliveryQuery, DeliveryStatus, Invalidation, ListQuery,
-    RateLimit, StoreError, TokenRecord, TokenStore, TokenType, UsageDelta,
+    AuditEvent, AuditQuery, ClientIpSeen, Delivery, DeliveryQuery, DeliveryStatus, Invalidation,
+    IpRetention, ListQuery, NewIpSeen, RateLimit, StoreError, TokenRecord, TokenStore, TokenType,
+    UsageDelta,
 };
 use patgate::token::TokenHash;
 
@@ -92,6 +93,12 @@ fn simple_record(id: &str, owner: &str) -> TokenRecord {
         metadata: BTreeMap::new(),
     }
 }
+
+/// The default `client_ip.signals` bound: 32 prefixes per token, kept 7 days.
+const RET: IpRetention = IpRetention {
+    max_per_token: 32,
+    retention: Duration::from_secs(7 * 86_400),
+};
 
 fn query(limit: usize) -> ListQuery {
     ListQuery {
@@ -518,17 +525,21 @@ async fn usage_accumulates_and_last_used_only_moves_forward(s: &dyn TokenStore) 
         id: id.to_string(),
         count,
         last_used_at: at,
+        ips: vec![],
     };
-    s.record_usage(&[delta(&id, 3, t(100)), delta("unknown-id", 5, t(999))])
-        .await
-        .unwrap();
+    s.record_usage(
+        &[delta(&id, 3, t(100)), delta("unknown-id", 5, t(999))],
+        RET,
+    )
+    .await
+    .unwrap();
     let r = s.get(&id).await.unwrap().unwrap();
     assert_eq!((r.usage_count, r.last_used_at), (3, Some(t(100))));
-    s.record_usage(&[delta(&id, 2, t(50))]).await.unwrap();
+    s.record_usage(&[delta(&id, 2, t(50))], RET).await.unwrap();
     let r = s.get(&id).await.unwrap().unwrap();
     assert_eq!((r.usage_count, r.last_used_at), (5, Some(t(100))));
-    s.record_usage(&[delta(&id, 1, t(200))]).await.unwrap();
-    s.record_usage(&[]).await.unwrap();
+    s.record_usage(&[delta(&id, 1, t(200))], RET).await.unwrap();
+    s.record_usage(&[], RET).await.unwrap();
     let r = s.get(&id).await.unwrap().unwrap();
     assert_eq!((r.usage_count, r.last_used_at), (6, Some(t(200))));
     // Listing shows it too, and an update keeps it.
@@ -556,14 +567,24 @@ async fn usage_is_also_counted_per_hour(s: &dyn TokenStore) {
         id: id.to_string(),
         count,
         last_used_at: at,
+        ips: vec![],
     };
-    s.record_usage(&[delta(&id, 3, t(0, 10)), delta("unknown-id", 9, t(0, 10))])
+    s.record_usage(
+        &[delta(&id, 3, t(0, 10)), delta("unknown-id", 9, t(0, 10))],
+        RET,
+    )
+    .await
+    .unwrap();
+    s.record_usage(&[delta(&id, 2, t(0, 3599))], RET)
         .await
         .unwrap();
-    s.record_usage(&[delta(&id, 2, t(0, 3599))]).await.unwrap();
-    s.record_usage(&[delta(&id, 4, t(1, 0))]).await.unwrap();
+    s.record_usage(&[delta(&id, 4, t(1, 0))], RET)
+        .await
+        .unwrap();
     // 30 hours later: another UTC day (another Redis key, same slot).
-    s.record_usage(&[delta(&id, 1, t(30, 5))]).await.unwrap();
+    s.record_usage(&[delta(&id, 1, t(30, 5))], RET)
+        .await
+        .unwrap();
     let got = s.hourly_usage(&id, h0 - 1, 40).await.unwrap();
     let mut want = vec![0u64; 40];
     want[1] = 5;
@@ -580,6 +601,295 @@ async fn usage_is_also_counted_per_hour(s: &dyn TokenStore) {
     assert!(s.hourly_usage(&id, h0, 0).await.unwrap().is_empty());
     // The totals agree with the per-hour counts.
     assert_eq!(s.get(&id).await.unwrap().unwrap().usage_count, 10);
+}
+
+/// `s` seconds after a fixed instant (whole milliseconds, as Redis keeps them).
+fn ts(s: i64) -> Timestamp {
+    Timestamp::from_millisecond(1_800_000_000_000 + s * 1000).unwrap()
+}
+
+/// A prefix seen `count` times between `first` and `last` (see [`ts`]).
+fn seen(prefix: &str, count: u64, first: i64, last: i64) -> ClientIpSeen {
+    ClientIpSeen {
+        prefix: prefix.parse().unwrap(),
+        first_seen_at: ts(first),
+        last_seen_at: ts(last),
+        count,
+    }
+}
+
+/// A usage delta for `id` carrying `ips`; its `last_used_at` is the latest of them.
+fn ip_delta(id: &str, ips: Vec<ClientIpSeen>) -> UsageDelta {
+    UsageDelta {
+        id: id.to_string(),
+        count: ips.iter().map(|s| s.count).sum(),
+        last_used_at: ips.iter().map(|s| s.last_seen_at).max().unwrap(),
+        ips,
+    }
+}
+
+/// (prefix, count) of each report.
+fn reported(new: &[NewIpSeen]) -> Vec<(String, String, u64)> {
+    new.iter()
+        .map(|n| (n.token_id.clone(), n.prefix.to_string(), n.count))
+        .collect()
+}
+
+async fn client_ips_merge_per_prefix_and_report_new_ones(s: &dyn TokenStore) {
+    let id = new_id();
+    let other = new_id();
+    s.create(&hash("ip1"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    s.create(&hash("ip2"), &simple_record(&other, "u"))
+        .await
+        .unwrap();
+    // A brand-new token's first prefixes are new; unknown ids are skipped.
+    let new = s
+        .record_usage(
+            &[
+                ip_delta(
+                    &id,
+                    vec![
+                        seen("203.0.113.0/24", 3, 10, 20),
+                        seen("2001:db8::/64", 1, 15, 15),
+                    ],
+                ),
+                ip_delta("unknown-id", vec![seen("198.51.100.0/24", 1, 10, 10)]),
+                ip_delta(&other, vec![seen("203.0.113.0/24", 2, 11, 12)]),
+            ],
+            RET,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reported(&new),
+        vec![
+            (id.clone(), "203.0.113.0/24".into(), 3),
+            (id.clone(), "2001:db8::/64".into(), 1),
+            (other.clone(), "203.0.113.0/24".into(), 2),
+        ]
+    );
+    assert_eq!(new[0].first_seen_at, ts(10));
+    assert_eq!((new[0].distinct, new[2].distinct), (2, 1));
+    // Known prefixes merge (count added, first = min, last = max); only the unknown
+    // one is reported.
+    let new = s
+        .record_usage(
+            &[ip_delta(
+                &id,
+                vec![
+                    seen("203.0.113.0/24", 2, 5, 30),
+                    seen("192.0.2.0/24", 4, 25, 28),
+                ],
+            )],
+            RET,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reported(&new), vec![(id.clone(), "192.0.2.0/24".into(), 4)]);
+    assert_eq!(new[0].distinct, 3);
+    // Most recently seen first.
+    let all = s.client_ips(&id, Timestamp::MIN).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            seen("203.0.113.0/24", 5, 5, 30),
+            seen("192.0.2.0/24", 4, 25, 28),
+            seen("2001:db8::/64", 1, 15, 15),
+        ]
+    );
+    // `since` filters on last seen.
+    let recent = s.client_ips(&id, ts(25)).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(
+        s.client_ips(&other, Timestamp::MIN).await.unwrap(),
+        vec![seen("203.0.113.0/24", 2, 11, 12)]
+    );
+    assert!(
+        s.client_ips("unknown-id", Timestamp::MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A batch without prefixes changes none; the counts still count.
+    let mut plain = ip_delta(&id, vec![seen("192.0.2.0/24", 1, 40, 40)]);
+    plain.ips.clear();
+    assert!(s.record_usage(&[plain], RET).await.unwrap().is_empty());
+    assert_eq!(s.client_ips(&id, Timestamp::MIN).await.unwrap().len(), 3);
+    assert_eq!(s.get(&id).await.unwrap().unwrap().usage_count, 11);
+    // Two writers (replicas) seeing the same new prefix at once: reported once.
+    let a = [ip_delta(&id, vec![seen("100.64.0.0/24", 1, 50, 50)])];
+    let b = [ip_delta(&id, vec![seen("100.64.0.0/24", 2, 51, 51)])];
+    let (ra, rb) = tokio::join!(s.record_usage(&a, RET), s.record_usage(&b, RET));
+    assert_eq!(ra.unwrap().len() + rb.unwrap().len(), 1);
+    let all = s.client_ips(&id, Timestamp::MIN).await.unwrap();
+    assert_eq!(all[0], seen("100.64.0.0/24", 3, 50, 51));
+    // Delete removes them; a token created later under the same id starts afresh.
+    s.delete(&id).await.unwrap();
+    assert!(s.client_ips(&id, Timestamp::MIN).await.unwrap().is_empty());
+    s.create(&hash("ip3"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    let new = s
+        .record_usage(
+            &[ip_delta(&id, vec![seen("203.0.113.0/24", 1, 60, 60)])],
+            RET,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reported(&new),
+        vec![(id.clone(), "203.0.113.0/24".into(), 1)]
+    );
+    assert_eq!(
+        s.client_ips(&id, Timestamp::MIN).await.unwrap(),
+        vec![seen("203.0.113.0/24", 1, 60, 60)]
+    );
+}
+
+async fn client_ips_older_than_the_retention_are_dropped(s: &dyn TokenStore) {
+    let id = new_id();
+    s.create(&hash("ipr"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    let day = 86_400;
+    s.record_usage(
+        &[ip_delta(
+            &id,
+            vec![
+                seen("203.0.113.0/24", 1, 0, 0),
+                seen("198.51.100.0/24", 1, 0, 2 * day),
+            ],
+        )],
+        RET,
+    )
+    .await
+    .unwrap();
+    // 7 days and 1 s after the first prefix was last seen: it goes, the other stays.
+    let new = s
+        .record_usage(
+            &[ip_delta(
+                &id,
+                vec![seen("192.0.2.0/24", 1, 7 * day + 1, 7 * day + 1)],
+            )],
+            RET,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reported(&new), vec![(id.clone(), "192.0.2.0/24".into(), 1)]);
+    assert_eq!(new[0].distinct, 2);
+    let all = s.client_ips(&id, Timestamp::MIN).await.unwrap();
+    let prefixes: Vec<String> = all.iter().map(|e| e.prefix.to_string()).collect();
+    assert_eq!(prefixes, vec!["192.0.2.0/24", "198.51.100.0/24"]);
+    // Seen again after it was dropped: new again, counted from zero.
+    let new = s
+        .record_usage(
+            &[ip_delta(
+                &id,
+                vec![seen("203.0.113.0/24", 2, 8 * day, 8 * day)],
+            )],
+            RET,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reported(&new),
+        vec![(id.clone(), "203.0.113.0/24".into(), 2)]
+    );
+    assert_eq!(
+        s.client_ips(&id, Timestamp::MIN).await.unwrap()[0],
+        seen("203.0.113.0/24", 2, 8 * day, 8 * day)
+    );
+    // An expired entry that was not pruned yet is merged as new, not added to.
+    let short = IpRetention {
+        retention: Duration::from_secs(10),
+        ..RET
+    };
+    let new = s
+        .record_usage(
+            &[ip_delta(
+                &id,
+                vec![seen("203.0.113.0/24", 1, 8 * day + 60, 8 * day + 60)],
+            )],
+            short,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reported(&new),
+        vec![(id.clone(), "203.0.113.0/24".into(), 1)]
+    );
+    assert_eq!(
+        s.client_ips(&id, Timestamp::MIN).await.unwrap(),
+        vec![seen("203.0.113.0/24", 1, 8 * day + 60, 8 * day + 60)],
+        "everything else was last seen more than 10 s before"
+    );
+}
+
+async fn client_ips_are_bounded_per_token_keeping_the_most_recent(s: &dyn TokenStore) {
+    let id = new_id();
+    s.create(&hash("ipb"), &simple_record(&id, "u"))
+        .await
+        .unwrap();
+    let three = IpRetention {
+        max_per_token: 3,
+        ..RET
+    };
+    for i in 0..5 {
+        let new = s
+            .record_usage(
+                &[ip_delta(
+                    &id,
+                    vec![seen(&format!("10.0.{i}.0/24"), 1, i, i)],
+                )],
+                three,
+            )
+            .await
+            .unwrap();
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].distinct, (i as usize + 1).min(3));
+    }
+    let prefixes =
+        |v: Vec<ClientIpSeen>| -> Vec<String> { v.iter().map(|e| e.prefix.to_string()).collect() };
+    assert_eq!(
+        prefixes(s.client_ips(&id, Timestamp::MIN).await.unwrap()),
+        vec!["10.0.4.0/24", "10.0.3.0/24", "10.0.2.0/24"]
+    );
+    // Seeing a kept one again refreshes it, so the least recently seen goes next.
+    s.record_usage(
+        &[ip_delta(&id, vec![seen("10.0.2.0/24", 1, 10, 10)])],
+        three,
+    )
+    .await
+    .unwrap();
+    let new = s
+        .record_usage(
+            &[ip_delta(&id, vec![seen("10.0.0.0/24", 1, 11, 11)])],
+            three,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reported(&new),
+        vec![(id.clone(), "10.0.0.0/24".into(), 1)],
+        "evicted, so new again"
+    );
+    assert_eq!(
+        prefixes(s.client_ips(&id, Timestamp::MIN).await.unwrap()),
+        vec!["10.0.0.0/24", "10.0.2.0/24", "10.0.4.0/24"]
+    );
+    // One batch with more prefixes than the bound keeps the most recent ones; all of
+    // them were new.
+    let many: Vec<ClientIpSeen> = (0..6)
+        .map(|i| seen(&format!("172.16.{i}.0/24"), 1, 20 + i, 20 + i))
+        .collect();
+    let new = s.record_usage(&[ip_delta(&id, many)], three).await.unwrap();
+    assert_eq!(new.len(), 6);
+    assert_eq!(
+        prefixes(s.client_ips(&id, Timestamp::MIN).await.unwrap()),
+        vec!["172.16.5.0/24", "172.16.4.0/24", "172.16.3.0/24"]
+    );
 }
 
 async fn creations_are_counted_per_owner_within_a_window(s: &dyn TokenStore) {
@@ -1014,6 +1324,9 @@ conformance!(
     owners_can_be_disabled_and_enabled,
     usage_accumulates_and_last_used_only_moves_forward,
     usage_is_also_counted_per_hour,
+    client_ips_merge_per_prefix_and_report_new_ones,
+    client_ips_older_than_the_retention_are_dropped,
+    client_ips_are_bounded_per_token_keeping_the_most_recent,
     creations_are_counted_per_owner_within_a_window,
     audit_lists_newest_first_with_filters_and_cursor,
     published_invalidations_reach_subscribers,

@@ -709,3 +709,69 @@ routes:
         verify_signature(h, SECRET);
     }
 }
+
+/// `token.new_ip`: once per client-IP prefix a token had not been used from (here
+/// /24s behind a trusted proxy), never again for a prefix it already has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_client_ip_prefixes_become_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(0, 500).await;
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::start(&format!(
+        r#"{store}
+tokens: {{creation_limit: 0}}
+client_ip:
+  trusted_proxies: [127.0.0.1/32]
+webhooks:
+  endpoints:
+    - {{name: ops, url: "{url}", secret: {SECRET}, events: [token.new_ip]}}
+routes:
+  - name: api
+    path_prefix: /api/
+    upstream: "{up}"
+"#,
+        store = store_yaml(None, dir.path()),
+        url = receiver.url(),
+        up = upstream.url(),
+    ));
+    let admin = AdminApi::new(&gw.admin_url);
+    let http = reqwest::Client::new();
+    let (token, rec) = admin.create(json!({"name": "a", "ownerId": "u1"})).await;
+    let from = |ip: &'static str| {
+        http.get(format!("{}/api/x", gw.url))
+            .bearer_auth(&token)
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    for ip in ["203.0.113.5", "203.0.113.9", "198.51.100.7"] {
+        assert_eq!(from(ip).await.unwrap().status(), 200);
+    }
+    let hits = receiver
+        .wait_for("two new prefixes", Duration::from_secs(10), |h| {
+            h.len() >= 2
+        })
+        .await;
+    // Another flush interval: a known prefix again is not news.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(from("203.0.113.77").await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.hits().len(), 2, "{hits:#?}");
+    let mut prefixes: Vec<String> = hits
+        .iter()
+        .map(|h| {
+            assert_eq!(h.event(), "token.new_ip");
+            assert_eq!(h.json["data"]["tokenId"], rec["id"]);
+            verify_signature(h, SECRET);
+            h.json["data"]["prefix"].as_str().unwrap().to_string()
+        })
+        .collect();
+    prefixes.sort();
+    assert_eq!(prefixes, ["198.51.100.0/24", "203.0.113.0/24"]);
+    let counts: u64 = hits
+        .iter()
+        .map(|h| h.json["data"]["count"].as_u64().unwrap())
+        .sum();
+    // Each event counts its prefix's requests in the flush batch that found it (the
+    // second /24 request may fall into the next batch).
+    assert!((2..=3).contains(&counts), "{counts}");
+}

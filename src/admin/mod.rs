@@ -446,6 +446,16 @@ impl Admin {
                 let body = self.hourly_usage(&r.id).await?;
                 ok_json(StatusCode::OK, &body)
             }
+            ApiOp::TokenIps => {
+                let r = self.managed(who, p.get("id")).await?;
+                let body = self.client_ips(&r.id).await?;
+                ok_json(StatusCode::OK, &body)
+            }
+            ApiOp::TokenQuota => {
+                let r = self.managed(who, p.get("id")).await?;
+                let body = self.quota(&r).await?;
+                ok_json(StatusCode::OK, &body)
+            }
             ApiOp::UpdateToken => {
                 let mut f = Fields::parse(&read_body(req).await?)?;
                 let patch = input::patch(&mut f)?;
@@ -588,6 +598,46 @@ impl Admin {
             })
             .collect();
         Ok(serde_json::json!({"tokenId": id, "hours": hours}))
+    }
+
+    /// `GET /v1/tokens/{id}/ips`: the client-IP prefixes seen within the retention
+    /// (`client_ip.signals.retention_days`), most recently seen first, with what the
+    /// console needs to judge them.
+    async fn client_ips(&self, id: &str) -> Result<serde_json::Value, LifecycleError> {
+        let signals = self.reloader.settings().client_ip.signals;
+        let since = crate::store::retention_cutoff(
+            jiff::Timestamp::now(),
+            crate::store::IpRetention {
+                max_per_token: signals.max_per_token,
+                retention: signals.retention(),
+            },
+        );
+        let items = self.lifecycle.store().client_ips(id, since).await?;
+        Ok(serde_json::json!({
+            "tokenId": id,
+            "items": items,
+            "distinct": items.len(),
+            "windowDays": signals.retention_days,
+            "warnAbove": signals.warn_above,
+            "enabled": signals.enabled,
+            "ipv4Prefix": signals.ipv4_prefix,
+            "ipv6Prefix": signals.ipv6_prefix,
+        }))
+    }
+
+    /// `GET /v1/tokens/{id}/quota`: `{"tokenId", "quota"}`, `quota` being `null` when
+    /// `rate_limit.quota` is not configured. Reads the store; charges nothing.
+    async fn quota(&self, r: &TokenRecord) -> Result<serde_json::Value, LifecycleError> {
+        let settings = self.reloader.settings();
+        let quota = match &settings.rate_limit.quota {
+            None => serde_json::Value::Null,
+            Some(q) => {
+                let now = jiff::Timestamp::now();
+                let state = crate::quota::read(self.lifecycle.store().as_ref(), q, r, now).await?;
+                crate::quota::admin_json(&state, q, now)
+            }
+        };
+        Ok(serde_json::json!({"tokenId": r.id, "quota": quota}))
     }
 
     async fn set_active(&self, id: &str, active: bool, by: &Caller) -> Reply {

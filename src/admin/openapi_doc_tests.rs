@@ -242,3 +242,50 @@ fn create_and_patch_schemas_list_exactly_the_accepted_fields() {
     import.retain(|k| k != "sha256" && k != "prefix");
     assert_eq!(import, props("CreateRequest"));
 }
+
+/// The keys of `v` and the properties of schema `name` (all of them required).
+fn assert_schema_matches(v: &Value, name: &str) {
+    let keys: BTreeSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let d = doc();
+    let schema = &d["components"]["schemas"][name];
+    let props: BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let required: BTreeSet<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(keys, props, "{name}");
+    assert_eq!(keys, required, "{name}");
+}
+
+#[test]
+fn client_ip_and_quota_schemas_list_every_serialized_field() {
+    let seen = crate::store::ClientIpSeen {
+        prefix: "203.0.113.0/24".parse().unwrap(),
+        first_seen_at: jiff::Timestamp::UNIX_EPOCH,
+        last_seen_at: jiff::Timestamp::UNIX_EPOCH,
+        count: 1,
+    };
+    let v = serde_json::to_value(seen).unwrap();
+    assert_eq!(v["prefix"], "203.0.113.0/24");
+    assert_schema_matches(&v, "ClientIpSeen");
+
+    let q = crate::config::QuotaSettings {
+        requests: 10,
+        period: crate::config::QuotaPeriod::Day,
+        per: crate::config::QuotaSubject::Token,
+    };
+    let state = crate::quota::QuotaState {
+        limit: 10,
+        used: 1,
+        reset: std::time::Duration::from_secs(5),
+    };
+    let v = crate::quota::admin_json(&state, &q, jiff::Timestamp::UNIX_EPOCH);
+    assert_schema_matches(&v, "QuotaState");
+}

@@ -14,7 +14,7 @@
 //! (after caller authentication for `/v1` paths, so unauthenticated callers learn no
 //! more than a 401). A path that matches no template is `404`.
 //!
-//! Cost: matching walks the table (20 entries) comparing segments; it allocates only
+//! Cost: matching walks the table (22 entries) comparing segments; it allocates only
 //! for the segment list and the decoded captures.
 
 /// What a route does, split by whether the caller must authenticate: the type system
@@ -59,6 +59,10 @@ pub enum ApiOp {
     DeleteToken,
     /// `GET /v1/tokens/{id}/usage`: requests per hour, last 7 days.
     TokenUsage,
+    /// `GET /v1/tokens/{id}/ips`: the client-IP prefixes it was used from.
+    TokenIps,
+    /// `GET /v1/tokens/{id}/quota`: its request quota, used and remaining.
+    TokenQuota,
     /// `POST /v1/tokens/{id}/revoke`.
     RevokeToken,
     /// `POST /v1/tokens/{id}/deactivate`.
@@ -95,6 +99,8 @@ impl Op {
             Op::Api(ApiOp::UpdateToken) => "updateToken",
             Op::Api(ApiOp::DeleteToken) => "deleteToken",
             Op::Api(ApiOp::TokenUsage) => "getTokenUsage",
+            Op::Api(ApiOp::TokenIps) => "getTokenIps",
+            Op::Api(ApiOp::TokenQuota) => "getTokenQuota",
             Op::Api(ApiOp::RevokeToken) => "revokeToken",
             Op::Api(ApiOp::DeactivateToken) => "deactivateToken",
             Op::Api(ApiOp::ActivateToken) => "activateToken",
@@ -143,6 +149,8 @@ pub const ROUTES: &[RouteDef] = &[
     route("PATCH", "/v1/tokens/{id}", Op::Api(ApiOp::UpdateToken)),
     route("DELETE", "/v1/tokens/{id}", Op::Api(ApiOp::DeleteToken)),
     route("GET", "/v1/tokens/{id}/usage", Op::Api(ApiOp::TokenUsage)),
+    route("GET", "/v1/tokens/{id}/ips", Op::Api(ApiOp::TokenIps)),
+    route("GET", "/v1/tokens/{id}/quota", Op::Api(ApiOp::TokenQuota)),
     route(
         "POST",
         "/v1/tokens/{id}/revoke",
@@ -391,6 +399,8 @@ mod tests {
                     | ApiOp::UpdateToken
                     | ApiOp::DeleteToken
                     | ApiOp::TokenUsage
+                    | ApiOp::TokenIps
+                    | ApiOp::TokenQuota
                     | ApiOp::RevokeToken
                     | ApiOp::DeactivateToken
                     | ApiOp::ActivateToken

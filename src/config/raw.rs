@@ -208,6 +208,24 @@ pub(crate) struct RawRate {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawClientIp {
     pub trusted_proxies: Option<Vec<String>>,
+    pub signals: Option<RawIpSignals>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawIpSignals {
+    #[serde(deserialize_with = "opt_bool")]
+    pub enabled: Option<bool>,
+    #[serde(deserialize_with = "opt_num")]
+    pub ipv4_prefix: Option<u8>,
+    #[serde(deserialize_with = "opt_num")]
+    pub ipv6_prefix: Option<u8>,
+    #[serde(deserialize_with = "opt_num")]
+    pub max_per_token: Option<u32>,
+    #[serde(deserialize_with = "opt_num")]
+    pub retention_days: Option<u32>,
+    #[serde(deserialize_with = "opt_num")]
+    pub warn_above: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -248,6 +248,47 @@ pub struct RateSpec {
 pub struct ClientIpSettings {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Key-sharing signals: the client-IP prefixes each token is used from.
+    pub signals: IpSignals,
+}
+
+/// `client_ip.signals`: which client-IP prefixes each token was used from, kept per
+/// token (bounded) so an operator can spot a key used from many places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpSignals {
+    /// Record prefixes at all (default true).
+    pub enabled: bool,
+    /// IPv4 addresses are grouped by this prefix length (default 24; 32 = exact).
+    pub ipv4_prefix: u8,
+    /// IPv6 addresses are grouped by this prefix length (default 64; 128 = exact).
+    pub ipv6_prefix: u8,
+    /// Prefixes kept per token (default 32); the least recently seen are dropped.
+    pub max_per_token: usize,
+    /// Prefixes not seen for this many days are dropped (default 7).
+    pub retention_days: u32,
+    /// The console flags a token seen from more distinct prefixes than this
+    /// (default 3).
+    pub warn_above: usize,
+}
+
+impl Default for IpSignals {
+    fn default() -> Self {
+        IpSignals {
+            enabled: true,
+            ipv4_prefix: 24,
+            ipv6_prefix: 64,
+            max_per_token: 32,
+            retention_days: 7,
+            warn_above: 3,
+        }
+    }
+}
+
+impl IpSignals {
+    /// How long a prefix is kept after it was last seen.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.retention_days) * 86_400)
+    }
 }
 
 /// Identity header names (all lower-case `HeaderName`s).

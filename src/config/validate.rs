@@ -950,7 +950,81 @@ fn client_ip(cx: &mut Ctx, r: raw::RawClientIp) -> ClientIpSettings {
             },
         }
     }
-    ClientIpSettings { trusted_proxies }
+    ClientIpSettings {
+        trusted_proxies,
+        signals: ip_signals(cx, r.signals.unwrap_or_default()),
+    }
+}
+
+/// `client_ip.signals`; the defaults are [`IpSignals::default`].
+fn ip_signals(cx: &mut Ctx, r: raw::RawIpSignals) -> IpSignals {
+    let d = IpSignals::default();
+    let mut in_range = |field: &str, v: Option<u64>, default: u64, lo: u64, hi: u64| match v {
+        None => default,
+        Some(n) if (lo..=hi).contains(&n) => n,
+        Some(n) => {
+            cx.err(
+                format!("client_ip.signals.{field}"),
+                format!("{n} is out of range; expected {lo}-{hi}"),
+            );
+            default
+        }
+    };
+    // The ranges keep every value well inside the target types: the casts are lossless.
+    let ipv4_prefix = in_range(
+        "ipv4_prefix",
+        r.ipv4_prefix.map(u64::from),
+        u64::from(d.ipv4_prefix),
+        1,
+        32,
+    ) as u8;
+    let ipv6_prefix = in_range(
+        "ipv6_prefix",
+        r.ipv6_prefix.map(u64::from),
+        u64::from(d.ipv6_prefix),
+        1,
+        128,
+    ) as u8;
+    let max_per_token = in_range(
+        "max_per_token",
+        r.max_per_token.map(u64::from),
+        d.max_per_token as u64,
+        1,
+        1000,
+    ) as usize;
+    let retention_days = in_range(
+        "retention_days",
+        r.retention_days.map(u64::from),
+        u64::from(d.retention_days),
+        1,
+        90,
+    ) as u32;
+    // Unset: the default, lowered below a small `max_per_token` so the badge can show.
+    let warn_default = d.warn_above.min(max_per_token.saturating_sub(1)).max(1);
+    let warn_above = in_range(
+        "warn_above",
+        r.warn_above.map(u64::from),
+        warn_default as u64,
+        1,
+        1000,
+    ) as usize;
+    if r.warn_above.is_some() && warn_above >= max_per_token {
+        cx.err(
+            "client_ip.signals.warn_above",
+            format!(
+                "{warn_above} must be less than max_per_token ({max_per_token}): no token \
+                 keeps more prefixes than that"
+            ),
+        );
+    }
+    IpSignals {
+        enabled: r.enabled.unwrap_or(d.enabled),
+        ipv4_prefix,
+        ipv6_prefix,
+        max_per_token,
+        retention_days,
+        warn_above,
+    }
 }
 
 fn identity_headers(cx: &mut Ctx, r: raw::RawIdentityHeaders) -> IdentityHeaders {
@@ -1858,6 +1932,17 @@ logging:
                 }
             );
             assert!(s.client_ip.trusted_proxies.is_empty());
+            assert_eq!(
+                s.client_ip.signals,
+                IpSignals {
+                    enabled: true,
+                    ipv4_prefix: 24,
+                    ipv6_prefix: 64,
+                    max_per_token: 32,
+                    retention_days: 7,
+                    warn_above: 3,
+                }
+            );
             assert_eq!(s.identity_headers.prefix, "x-auth-");
             assert_eq!(s.identity_headers.user_id, "x-auth-user-id");
             assert_eq!(s.identity_headers.token_id, "x-auth-token-id");
@@ -2563,6 +2648,42 @@ whoami_path: /$${literal}
                 "client_ip.trusted_proxies[1]",
             ),
             (
+                "client_ip: {signals: {ipv4_prefix: 33}}\n",
+                "client_ip.signals.ipv4_prefix",
+            ),
+            (
+                "client_ip: {signals: {ipv4_prefix: 0}}\n",
+                "client_ip.signals.ipv4_prefix",
+            ),
+            (
+                "client_ip: {signals: {ipv6_prefix: 129}}\n",
+                "client_ip.signals.ipv6_prefix",
+            ),
+            (
+                "client_ip: {signals: {max_per_token: 0}}\n",
+                "client_ip.signals.max_per_token",
+            ),
+            (
+                "client_ip: {signals: {max_per_token: 1001}}\n",
+                "client_ip.signals.max_per_token",
+            ),
+            (
+                "client_ip: {signals: {retention_days: 0}}\n",
+                "client_ip.signals.retention_days",
+            ),
+            (
+                "client_ip: {signals: {retention_days: 91}}\n",
+                "client_ip.signals.retention_days",
+            ),
+            (
+                "client_ip: {signals: {warn_above: 0}}\n",
+                "client_ip.signals.warn_above",
+            ),
+            (
+                "client_ip: {signals: {max_per_token: 4, warn_above: 4}}\n",
+                "client_ip.signals.warn_above",
+            ),
+            (
                 "identity_headers: {prefix: \"\"}\n",
                 "identity_headers.prefix",
             ),
@@ -2709,6 +2830,67 @@ whoami_path: /$${literal}
                 errs(&yaml)
             );
         }
+    }
+
+    #[test]
+    fn ip_signals_are_read_and_checked() {
+        let s = ok(r#"
+client_ip:
+  trusted_proxies: [127.0.0.1]
+  signals:
+    enabled: "false"
+    ipv4_prefix: 32
+    ipv6_prefix: 128
+    max_per_token: 8
+    retention_days: 30
+    warn_above: 5
+"#);
+        assert_eq!(
+            s.client_ip.signals,
+            IpSignals {
+                enabled: false,
+                ipv4_prefix: 32,
+                ipv6_prefix: 128,
+                max_per_token: 8,
+                retention_days: 30,
+                warn_above: 5,
+            }
+        );
+        assert_eq!(
+            s.client_ip.signals.retention(),
+            Duration::from_secs(30 * 86_400)
+        );
+        // An unset warn_above stays below a small max_per_token.
+        let s = ok("client_ip: {signals: {max_per_token: 2}}\n");
+        assert_eq!(s.client_ip.signals.warn_above, 1);
+        // Unknown keys and wrong types name their field; every problem at once.
+        assert_eq!(
+            paths("client_ip: {signals: {ipv4: 24}}\n"),
+            vec!["client_ip.signals.ipv4"]
+        );
+        assert_eq!(
+            paths("client_ip: {signals: {enabled: maybe}}\n"),
+            vec!["client_ip.signals.enabled"]
+        );
+        assert_eq!(
+            paths("client_ip: {signals: {ipv6_prefix: 300}}\n"),
+            vec!["client_ip.signals.ipv6_prefix"]
+        );
+        assert_eq!(
+            paths(
+                "client_ip: {trusted_proxies: [nope], signals: {ipv4_prefix: 40, retention_days: 0}}\n"
+            ),
+            vec![
+                "client_ip.trusted_proxies[0]",
+                "client_ip.signals.ipv4_prefix",
+                "client_ip.signals.retention_days",
+            ]
+        );
+        let e = errs("client_ip: {signals: {ipv4_prefix: 33}}\n");
+        assert_eq!(
+            e,
+            vec!["client_ip.signals.ipv4_prefix: 33 is out of range; expected 1-32"]
+        );
     }
 
     #[test]

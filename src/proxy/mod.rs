@@ -177,6 +177,7 @@ impl Gateway {
         gcra: Option<Arc<dyn GcraBackend>>,
         webhooks: Arc<Webhooks>,
     ) -> Result<Self, ConfigErrors> {
+        usage.set_signals(settings.client_ip.signals);
         Ok(Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(settings, gcra.as_ref())?),
             gcra,
@@ -229,8 +230,10 @@ impl Gateway {
     }
 
     /// Installs a new config generation (built with [`Gateway::runtime_for`]);
-    /// in-flight requests finish on the old one.
+    /// in-flight requests finish on the old one. Its `client_ip.signals` apply to
+    /// usage recorded from now on.
     pub fn install(&self, runtime: Runtime) {
+        self.usage.set_signals(runtime.settings.client_ip.signals);
         self.runtime.store(Arc::new(runtime));
     }
 
@@ -284,7 +287,8 @@ impl Gateway {
             }
         };
         if let Some(id) = &identity {
-            self.usage.record(&id.record().id, crate::clock::wall());
+            self.usage
+                .record(&id.record().id, crate::clock::wall(), client_ip);
         }
         let outcome = match (deny, &identity) {
             (Some(reason), _) => reason,

@@ -17,6 +17,7 @@
 //! | `creations` | owner id | `(window start secs, count)`: one fixed window per owner |
 //! | `audit` | event id (ULID, time ordered) | JSON event; trimmed to `audit_max_events` |
 //! | `usage_hourly` | (token id, hours since the epoch) | requests in that hour; pruned to 8 days when the token's usage is next recorded, removed on delete |
+//! | `client_ips` | token id | JSON `[{"prefix", "firstSeenAt", "lastSeenAt", "count"}]`: the token's client-IP prefixes, at most `max_per_token`, pruned to the retention when the token's usage is next recorded, removed on delete |
 //!
 //! Usage (`usageCount`, `lastUsedAt`) is folded directly into the record. Aliases always
 //! point at the *current* hash (a rotation rewrites older aliases), so a lookup is at
@@ -39,9 +40,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::broadcast;
 
 use super::{
-    AuditEvent, AuditQuery, Changed, Delivery, DeliveryQuery, HOURLY_RETENTION_HOURS, Invalidation,
-    InvalidationRx, ListQuery, Lookup, Mutation, Page, StoreError, TokenRecord, TokenStore,
-    UsageDelta, hour_of,
+    AuditEvent, AuditQuery, Changed, ClientIpSeen, Delivery, DeliveryQuery, HOURLY_RETENTION_HOURS,
+    Invalidation, InvalidationRx, IpRetention, ListQuery, Lookup, Mutation, NewIpSeen, Page,
+    StoreError, TokenRecord, TokenStore, UsageDelta, hour_of, merge_client_ips, retention_cutoff,
+    sort_client_ips,
 };
 use crate::config::EmbeddedSettings;
 use crate::token::TokenHash;
@@ -56,6 +58,9 @@ const AUDIT: TableDefinition<&str, &str> = TableDefinition::new("audit");
 /// Requests per (token id, hour number); rows older than the retention are pruned
 /// when the token's usage is next recorded, and all of a token's rows on delete.
 const USAGE_HOURLY: TableDefinition<(&str, i64), u64> = TableDefinition::new("usage_hourly");
+/// A token's client-IP prefixes (JSON list, bounded by `max_per_token`): one small
+/// row per token, rewritten when its usage is recorded.
+const CLIENT_IPS: TableDefinition<&str, &str> = TableDefinition::new("client_ips");
 
 /// Capacity of the local invalidation channel; a lagging receiver clears its cache.
 const INVALIDATION_CAPACITY: usize = 1024;
@@ -163,6 +168,7 @@ impl EmbeddedStore {
         tx.open_table(AUDIT).map_err(db_err)?;
         tx.open_table(USAGE_HOURLY).map_err(db_err)?;
         outbox::create_tables(&tx)?;
+        tx.open_table(CLIENT_IPS).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(db)
     }
@@ -470,6 +476,8 @@ impl TokenStore for EmbeddedStore {
                         false
                     })
                     .map_err(db_err)?;
+                let mut ips = tx.open_table(CLIENT_IPS).map_err(db_err)?;
+                ips.remove(id.as_str()).map_err(db_err)?;
                 Changed { record, hashes }
             };
             tx.commit().map_err(db_err)?;
@@ -520,21 +528,49 @@ impl TokenStore for EmbeddedStore {
         .await
     }
 
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
+    async fn record_usage(
+        &self,
+        batch: &[UsageDelta],
+        retention: IpRetention,
+    ) -> Result<Vec<NewIpSeen>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let batch = batch.to_vec();
         self.run(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
+            let mut new_ips = Vec::new();
             {
                 let ids = tx.open_table(IDS).map_err(db_err)?;
                 let mut tokens = tx.open_table(TOKENS).map_err(db_err)?;
                 let mut hourly = tx.open_table(USAGE_HOURLY).map_err(db_err)?;
+                let mut client_ips = tx.open_table(CLIENT_IPS).map_err(db_err)?;
                 for d in &batch {
                     let Some(entry) = read_id(&ids, &d.id)? else {
                         continue;
                     };
+                    if !d.ips.is_empty() {
+                        let mut stored: Vec<ClientIpSeen> =
+                            match client_ips.get(d.id.as_str()).map_err(db_err)? {
+                                Some(v) => serde_json::from_str(v.value()).map_err(corrupt)?,
+                                None => Vec::new(),
+                            };
+                        let cutoff = retention_cutoff(d.last_used_at, retention);
+                        let new =
+                            merge_client_ips(&mut stored, &d.ips, cutoff, retention.max_per_token);
+                        new_ips.extend(new.into_iter().filter_map(|i| d.ips.get(i)).map(|s| {
+                            NewIpSeen {
+                                token_id: d.id.clone(),
+                                prefix: s.prefix,
+                                first_seen_at: s.first_seen_at,
+                                count: s.count,
+                                distinct: stored.len(),
+                            }
+                        }));
+                        client_ips
+                            .insert(d.id.as_str(), to_json(&stored)?.as_str())
+                            .map_err(db_err)?;
+                    }
                     let hour = hour_of(d.last_used_at);
                     let key = (d.id.as_str(), hour);
                     let prev = hourly.get(key).map_err(db_err)?.map_or(0, |v| v.value());
@@ -562,7 +598,28 @@ impl TokenStore for EmbeddedStore {
                         .map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)
+            tx.commit().map_err(db_err)?;
+            Ok(new_ips)
+        })
+        .await
+    }
+
+    async fn client_ips(
+        &self,
+        id: &str,
+        since: Timestamp,
+    ) -> Result<Vec<ClientIpSeen>, StoreError> {
+        let id = id.to_string();
+        self.run(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let table = tx.open_table(CLIENT_IPS).map_err(db_err)?;
+            let mut ips: Vec<ClientIpSeen> = match table.get(id.as_str()).map_err(db_err)? {
+                Some(v) => serde_json::from_str(v.value()).map_err(corrupt)?,
+                None => Vec::new(),
+            };
+            ips.retain(|e| e.last_seen_at >= since);
+            sort_client_ips(&mut ips);
+            Ok(ips)
         })
         .await
     }

@@ -15,8 +15,8 @@ mod record;
 pub use outbox::{Delivery, DeliveryQuery, DeliveryStatus};
 
 pub use record::{
-    AuditEvent, AuditQuery, Changed, Invalidation, ListQuery, Lookup, Page, RateLimit, TokenRecord,
-    TokenType, UsageDelta,
+    AuditEvent, AuditQuery, Changed, ClientIpSeen, Invalidation, IpRetention, ListQuery, Lookup,
+    NewIpSeen, Page, RateLimit, TokenRecord, TokenType, UsageDelta,
 };
 
 use std::time::Duration;
@@ -30,6 +30,53 @@ use crate::token::TokenHash;
 /// How long hourly usage buckets are kept: 8 days, so the console's 7-day chart is
 /// always complete.
 pub const HOURLY_RETENTION_HOURS: i64 = 8 * 24;
+
+/// Sorts client-IP prefixes most recently seen first (ties: the prefix, so the order
+/// is stable).
+pub fn sort_client_ips(ips: &mut [ClientIpSeen]) {
+    ips.sort_by(|a, b| {
+        b.last_seen_at
+            .cmp(&a.last_seen_at)
+            .then_with(|| a.prefix.cmp(&b.prefix))
+    });
+}
+
+/// The oldest "last seen" a stored prefix may have to survive a batch whose latest
+/// request was at `latest`.
+pub fn retention_cutoff(latest: Timestamp, r: IpRetention) -> Timestamp {
+    jiff::SignedDuration::try_from(r.retention)
+        .ok()
+        .and_then(|d| latest.checked_sub(d).ok())
+        .unwrap_or(Timestamp::MIN)
+}
+
+/// Merges a batch's prefixes (`seen`) into a token's stored ones, then drops those last
+/// seen before `cutoff` and, beyond `max`, the least recently seen. Returns the indexes
+/// into `seen` of the prefixes `stored` did not hold (unexpired) before. The embedded
+/// store's merge; the Redis store runs the same steps in Lua. Leaves `stored` sorted
+/// most recently seen first.
+pub fn merge_client_ips(
+    stored: &mut Vec<ClientIpSeen>,
+    seen: &[ClientIpSeen],
+    cutoff: Timestamp,
+    max: usize,
+) -> Vec<usize> {
+    stored.retain(|e| e.last_seen_at >= cutoff);
+    let mut new = Vec::new();
+    for (i, s) in seen.iter().enumerate() {
+        match stored.iter_mut().find(|e| e.prefix == s.prefix) {
+            Some(e) => e.merge(s),
+            None => {
+                stored.push(*s);
+                new.push(i);
+            }
+        }
+    }
+    stored.retain(|e| e.last_seen_at >= cutoff);
+    sort_client_ips(stored);
+    stored.truncate(max);
+    new
+}
 
 /// The hour number of `t`: whole hours since the Unix epoch (the key of an hourly
 /// usage bucket).
@@ -109,7 +156,24 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Also adds each delta's count to the token's hourly bucket for the hour of its
     /// `last_used_at` (a batch covers ≤ 1 s, so at most that much lands in the next
     /// hour's bucket); buckets are kept [`HOURLY_RETENTION_HOURS`].
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError>;
+    ///
+    /// Each delta's `ips` are merged into the token's client-IP prefixes (count
+    /// added, first seen = min, last seen = max); then prefixes last seen more than
+    /// `ips.retention` before the delta's `last_used_at` are dropped, and beyond
+    /// `ips.max_per_token` the least recently seen. Returns the prefixes that were
+    /// not stored for their token before this call ([`NewIpSeen`]), in batch order;
+    /// with concurrent writers (replicas) each new prefix is reported once.
+    async fn record_usage(
+        &self,
+        batch: &[UsageDelta],
+        ips: IpRetention,
+    ) -> Result<Vec<NewIpSeen>, StoreError>;
+
+    /// The client-IP prefixes token `id` was used from, last seen at or after `since`,
+    /// most recently seen first (at most the `max_per_token` last written). Empty for
+    /// unknown ids.
+    async fn client_ips(&self, id: &str, since: Timestamp)
+    -> Result<Vec<ClientIpSeen>, StoreError>;
 
     /// Requests per hour for token `id` over `hours` consecutive hours starting at
     /// `from_hour` (an [`hour_of`] number), oldest first; zero where nothing was

@@ -217,6 +217,65 @@ pub struct UsageDelta {
     pub count: u64,
     /// Latest use; `lastUsedAt` only moves forward.
     pub last_used_at: Timestamp,
+    /// The client-IP prefixes of those requests, one entry per distinct prefix (empty
+    /// when `client_ip.signals` is off). Merged into the token's stored prefixes.
+    pub ips: Vec<ClientIpSeen>,
+}
+
+/// One client-IP prefix a token was used from: requests counted, first and last
+/// seen. In a [`UsageDelta`] it covers one flush interval; as stored (and in
+/// `GET /v1/tokens/{id}/ips`) it covers the retention window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpSeen {
+    /// The prefix, host bits zero (`203.0.113.0/24`; `/32` or `/128` for an exact
+    /// address).
+    pub prefix: IpNet,
+    /// First request from it.
+    pub first_seen_at: Timestamp,
+    /// Latest request from it.
+    pub last_seen_at: Timestamp,
+    /// Requests from it.
+    pub count: u64,
+}
+
+impl ClientIpSeen {
+    /// Merges `other` (same prefix) into `self`: counts add, first seen is the
+    /// earlier, last seen the later.
+    pub fn merge(&mut self, other: &ClientIpSeen) {
+        self.count = self.count.saturating_add(other.count);
+        self.first_seen_at = self.first_seen_at.min(other.first_seen_at);
+        self.last_seen_at = self.last_seen_at.max(other.last_seen_at);
+    }
+}
+
+/// How the store keeps each token's client-IP prefixes (`client_ip.signals`),
+/// applied by [`crate::store::TokenStore::record_usage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRetention {
+    /// At most this many prefixes per token; the least recently seen go first.
+    pub max_per_token: usize,
+    /// Prefixes last seen longer than this before the batch's latest request
+    /// (`last_used_at`) are dropped.
+    pub retention: std::time::Duration,
+}
+
+/// A client-IP prefix a token had not been seen from (within the retention) before a
+/// usage batch: the input of `token.new_ip` signals. The first prefix of a brand-new
+/// token is new too, and so is a prefix seen again after it was dropped (retention or
+/// the per-token bound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIpSeen {
+    /// Token id.
+    pub token_id: String,
+    /// The new prefix.
+    pub prefix: IpNet,
+    /// The first request from it (in this batch).
+    pub first_seen_at: Timestamp,
+    /// Requests from it in this batch.
+    pub count: u64,
+    /// Distinct prefixes the token has now (after this batch, within the bound).
+    pub distinct: usize,
 }
 
 /// One audit event (SPEC §4 `GET /v1/audit`).

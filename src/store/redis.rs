@@ -11,6 +11,7 @@
 //! | `<p>tok:<sha256 hex>` | string | `{"record": TokenRecord}` for the current secret, or `{"aliasOf": "<new hex>", "graceUntil": RFC 3339}` with `PEXPIRE` for a rotated-out secret in its grace period |
 //! | `<p>id:{<id>}` | string | `{"hash": "<current hex>", "graced": [{"hash", "until"}]}` |
 //! | `<p>usage:{<id>}` | hash | `count`, `last` (ms): usage added by the flushers, merged into `usageCount`/`lastUsedAt` by `get`/`list` |
+//! | `<p>ips:{<id>}` | hash | the token's client-IP prefixes: field = prefix (`203.0.113.0/24`), value = `<count> <first ms> <last ms>`; at most `max_per_token` fields, pruned by the usage script, `EXPIRE` = the retention after the last write |
 //! | `<p>hourly:{<id>}:<day>` | hash | requests per hour of one UTC day (`day` = hour / 24), field = hours since the epoch; written by the usage script, `EXPIRE` 8 days (left to expire on delete) |
 //! | `<p>ids` | zset | every id, score 0: ids are ULIDs, so `ZRANGEBYLEX` pages in creation order |
 //! | `<p>owners:disabled` | set | ids of disabled owners (small; every replica keeps a copy in memory) |
@@ -32,7 +33,8 @@
 //! - `rotate`: new `tok` key first, then the id entry, then the old `tok` key becomes an
 //!   alias (compare-and-set; `DEL` when the grace is zero). A crash midway leaves the old
 //!   secret working, never neither. Older aliases are re-pointed at the new hash.
-//! - `delete`: `tok` keys (current and graced) first, then id and usage keys, then `ZREM`.
+//! - `delete`: `tok` keys (current and graced) first, then id, usage and client-IP
+//!   keys, then `ZREM`.
 //!
 //! # Availability
 //! `connect` never fails because Redis is down: standalone uses a lazy
@@ -76,9 +78,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 
 use super::{
-    AuditEvent, AuditQuery, Changed, Delivery, DeliveryQuery, HOURLY_RETENTION_HOURS, Invalidation,
-    InvalidationRx, ListQuery, Lookup, Mutation, Page, StoreError, TokenRecord, TokenStore,
-    UsageDelta, hour_of,
+    AuditEvent, AuditQuery, Changed, ClientIpSeen, Delivery, DeliveryQuery, HOURLY_RETENTION_HOURS,
+    Invalidation, InvalidationRx, IpRetention, ListQuery, Lookup, Mutation, NewIpSeen, Page,
+    StoreError, TokenRecord, TokenStore, UsageDelta, hour_of, retention_cutoff, sort_client_ips,
 };
 use crate::config::{RedisSettings, SentinelSettings};
 use crate::ratelimit::gcra::GCRA_LUA;
@@ -115,10 +117,17 @@ end
 return 1
 ";
 
-/// `KEYS[1]` = id key, `KEYS[2]` = usage key, `KEYS[3]` = the day's hourly key (one
-/// slot: same hash tag), `ARGV` = count, last ms, hour number, hourly key TTL secs.
+/// `KEYS[1]` = id key, `KEYS[2]` = usage key, `KEYS[3]` = the day's hourly key,
+/// `KEYS[4]` = the client-IP hash (one slot: same hash tag). `ARGV` = count, last ms,
+/// hour number, hourly key TTL secs, then for client IPs: cutoff ms (drop what was
+/// last seen before), max prefixes kept, key TTL secs, and per prefix 4 values:
+/// prefix, count, first ms, last ms.
+///
+/// Returns `{exists, distinct, {i, ...}}`: whether the token exists, how many
+/// prefixes it has now, and the (1-based) positions of the prefixes it had not had.
+/// A stored value that doesn't parse counts as absent (and is overwritten).
 const USAGE_LUA: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, {}} end
 redis.call('HINCRBY', KEYS[2], 'count', ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
@@ -126,7 +135,51 @@ local last = tonumber(redis.call('HGET', KEYS[2], 'last'))
 if (not last) or last < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[2], 'last', ARGV[2])
 end
-return 1
+local n = math.floor((#ARGV - 7) / 4)
+if n < 1 then return {1, 0, {}} end
+local cutoff = tonumber(ARGV[5])
+local max = tonumber(ARGV[6])
+local function parse(v)
+  if not v then return nil end
+  local c, f, l = string.match(v, '^(%d+) (-?%d+) (-?%d+)$')
+  if not c then return nil end
+  return tonumber(c), tonumber(f), tonumber(l)
+end
+local function fmt(c, f, l)
+  return string.format('%.0f %.0f %.0f', c, f, l)
+end
+local new = {}
+for i = 0, n - 1 do
+  local b = 8 + i * 4
+  local p = ARGV[b]
+  local c, f, l = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local oc, of, ol = parse(redis.call('HGET', KEYS[4], p))
+  if oc and ol >= cutoff then
+    redis.call('HSET', KEYS[4], p, fmt(oc + c, math.min(of, f), math.max(ol, l)))
+  else
+    redis.call('HSET', KEYS[4], p, fmt(c, f, l))
+    new[#new + 1] = i + 1
+  end
+end
+local all = redis.call('HGETALL', KEYS[4])
+local keep = {}
+for i = 1, #all, 2 do
+  local _, _, l = parse(all[i + 1])
+  if (not l) or l < cutoff then
+    redis.call('HDEL', KEYS[4], all[i])
+  else
+    keep[#keep + 1] = {all[i], l}
+  end
+end
+if #keep > max then
+  table.sort(keep, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[1] < b[1]
+  end)
+  for i = max + 1, #keep do redis.call('HDEL', KEYS[4], keep[i][1]) end
+end
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+return {1, math.min(#keep, max), new}
 ";
 
 /// `KEYS[1]` = window counter, `ARGV[1]` = TTL secs. Returns the new count.
@@ -464,6 +517,9 @@ impl RedisStore {
     }
     fn k_usage(&self, id: &str) -> String {
         format!("{}usage:{{{id}}}", self.prefix)
+    }
+    fn k_ips(&self, id: &str) -> String {
+        format!("{}ips:{{{id}}}", self.prefix)
     }
     /// One HASH per token per UTC day (`day` = hour number / 24), field = hour number;
     /// it expires with the retention, so no pruning is needed.
@@ -999,8 +1055,13 @@ impl TokenStore for RedisStore {
             self.query::<Value>(&del).await?;
         }
         // Same hash tag: one slot.
-        self.query::<Value>(redis::cmd("DEL").arg(self.k_id(id)).arg(self.k_usage(id)))
-            .await?;
+        self.query::<Value>(
+            redis::cmd("DEL")
+                .arg(self.k_id(id))
+                .arg(self.k_usage(id))
+                .arg(self.k_ips(id)),
+        )
+        .await?;
         self.query::<Value>(redis::cmd("ZREM").arg(self.k_ids()).arg(id))
             .await?;
         Ok(current.map(|(_, r)| Changed {
@@ -1060,30 +1121,107 @@ impl TokenStore for RedisStore {
         }
     }
 
-    async fn record_usage(&self, batch: &[UsageDelta]) -> Result<(), StoreError> {
-        try_join_all(batch.iter().map(|d| async move {
-            let count = i64::try_from(d.count).unwrap_or(i64::MAX);
+    async fn record_usage(
+        &self,
+        batch: &[UsageDelta],
+        retention: IpRetention,
+    ) -> Result<Vec<NewIpSeen>, StoreError> {
+        // Counts are kept below 2^53 so Lua's doubles hold them exactly.
+        const LUA_MAX: u64 = 1 << 53;
+        let per_token = try_join_all(batch.iter().map(|d| async move {
+            let count = d.count.min(LUA_MAX);
             let ms = d.last_used_at.as_millisecond();
             let hour = hour_of(d.last_used_at);
             let ttl = HOURLY_RETENTION_HOURS * 3600;
-            self.script::<i64>(
-                &self.scripts.usage,
-                &[
-                    &self.k_id(&d.id),
-                    &self.k_usage(&d.id),
-                    &self.k_hourly(&d.id, hour.div_euclid(24)),
-                ],
-                &[
-                    count.to_string(),
-                    ms.to_string(),
-                    hour.to_string(),
-                    ttl.to_string(),
-                ],
+            let cutoff = retention_cutoff(d.last_used_at, retention).as_millisecond();
+            let ips_ttl = retention.retention.as_secs().max(1);
+            let mut args = Vec::with_capacity(7 + 4 * d.ips.len());
+            args.extend([
+                count.to_string(),
+                ms.to_string(),
+                hour.to_string(),
+                ttl.to_string(),
+                cutoff.to_string(),
+                retention.max_per_token.max(1).to_string(),
+                ips_ttl.to_string(),
+            ]);
+            for ip in &d.ips {
+                args.extend([
+                    ip.prefix.to_string(),
+                    ip.count.min(LUA_MAX).to_string(),
+                    ip.first_seen_at.as_millisecond().to_string(),
+                    ip.last_seen_at.as_millisecond().to_string(),
+                ]);
+            }
+            let (_exists, distinct, new): (i64, i64, Vec<usize>) = self
+                .script(
+                    &self.scripts.usage,
+                    &[
+                        &self.k_id(&d.id),
+                        &self.k_usage(&d.id),
+                        &self.k_hourly(&d.id, hour.div_euclid(24)),
+                        &self.k_ips(&d.id),
+                    ],
+                    &args,
+                )
+                .await?;
+            let distinct = usize::try_from(distinct).unwrap_or(0);
+            Ok::<_, StoreError>(
+                new.into_iter()
+                    .filter_map(|i| d.ips.get(i.checked_sub(1)?))
+                    .map(|s| NewIpSeen {
+                        token_id: d.id.clone(),
+                        prefix: s.prefix,
+                        first_seen_at: s.first_seen_at,
+                        count: s.count,
+                        distinct,
+                    })
+                    .collect::<Vec<_>>(),
             )
-            .await
         }))
         .await?;
-        Ok(())
+        Ok(per_token.into_iter().flatten().collect())
+    }
+
+    async fn client_ips(
+        &self,
+        id: &str,
+        since: Timestamp,
+    ) -> Result<Vec<ClientIpSeen>, StoreError> {
+        let all: Vec<(String, String)> = self
+            .query(redis::cmd("HGETALL").arg(self.k_ips(id)))
+            .await?;
+        let since_ms = since.as_millisecond();
+        let mut out = Vec::with_capacity(all.len());
+        for (field, value) in all {
+            // Entries that don't parse are skipped here and replaced by the next write.
+            let Ok(prefix) = field.parse::<ipnet::IpNet>() else {
+                continue;
+            };
+            let mut parts = value.split(' ').map(str::parse::<i64>);
+            let (Some(Ok(count)), Some(Ok(first)), Some(Ok(last))) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if last < since_ms {
+                continue;
+            }
+            let (Ok(first_seen_at), Ok(last_seen_at)) = (
+                Timestamp::from_millisecond(first),
+                Timestamp::from_millisecond(last),
+            ) else {
+                continue;
+            };
+            out.push(ClientIpSeen {
+                prefix,
+                first_seen_at,
+                last_seen_at,
+                count: u64::try_from(count).unwrap_or(0),
+            });
+        }
+        sort_client_ips(&mut out);
+        Ok(out)
     }
 
     async fn hourly_usage(

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -49,8 +49,12 @@ def remember(secret):
         f.write("\n".join(secrets) + "\n")
 
 
-def data_plane_status(token, path="/x"):
-    req = urllib.request.Request(DATA + path, headers={"Authorization": "Bearer " + token})
+def data_plane_status(token, path="/x", forwarded_for=None):
+    headers = {"Authorization": "Bearer " + token}
+    if forwarded_for:
+        # The gateway trusts 127.0.0.1 (client_ip.trusted_proxies): a simulated client.
+        headers["X-Forwarded-For"] = forwarded_for
+    req = urllib.request.Request(DATA + path, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.read().decode()
@@ -151,6 +155,17 @@ def secret_nowhere(secret, where):
     check(js("return document.cookie") == "", f"{where}: the console set a cookie")
 
 
+def click_link(text):
+    """Clicks a link by its text, again if a list re-render replaced it meanwhile."""
+    def attempt(_):
+        try:
+            d.find_element(By.LINK_TEXT, text).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+    wait.until(attempt)
+
+
 def rows():
     return js("return Array.from(document.querySelectorAll('#token-table tbody tr')).map(r => r.innerText)")
 
@@ -246,6 +261,10 @@ try:
                                  headers={"Authorization": "Bearer " + ADMIN_KEY, "Content-Type": "application/json"})
     with urllib.request.urlopen(req) as r:
         remember(json.loads(r.read())["token"])
+    # Bob's token is used from four more networks: the key-sharing warning shows later.
+    for client in ("198.51.100.7", "203.0.113.9", "192.0.2.44", "2001:db8:5::1"):
+        status, _ = data_plane_status(secrets[1], forwarded_for=client)
+        check(status == 200, f"bob's token from {client}: {status}")
     d.find_element(By.ID, "f-reset").click()
     wait.until(lambda _: len(rows()) == 2)
     fill("#f-owner", "alice" + Keys.ENTER)
@@ -278,6 +297,20 @@ try:
     wait.until(lambda _: js("return document.querySelectorAll('#t-chart svg rect.bar').length") >= 1)
     check("7 requests" in d.find_element(By.ID, "t-chart-total").text,
           "chart total: " + d.find_element(By.ID, "t-chart-total").text)
+    # Client IPs: the 7 requests came from 127.0.0.1, one /24, so no warning.
+    ip_rows = "return Array.from(document.querySelectorAll('#t-ips tr')).map(r => Array.from(r.cells).map(c => c.textContent))"
+    wait.until(lambda _: len(js(ip_rows)) == 1 and js(ip_rows)[0][0] == "127.0.0.0/24")
+    check(js(ip_rows)[0][1] == "7", f"7 requests from 127.0.0.0/24: {js(ip_rows)}")
+    check(d.find_element(By.ID, "ips-h").text == "Client IPs (7 days)", "the IP table's heading")
+    check(not d.find_elements(By.ID, "t-ips-warning"), "one network: no key-sharing warning")
+    # Quota (rate_limit.quota: 1000 per month and token): the 7 requests are charged.
+    visible("#t-quota-card")
+    check(d.find_element(By.ID, "t-quota-used").text == "7 / 1000",
+          "quota used: " + d.find_element(By.ID, "t-quota-used").text)
+    check(js("return document.getElementById('t-quota-meter').value") == 7, "the quota bar shows 7")
+    quota_text = d.find_element(By.ID, "t-quota").text
+    check("993 remaining" in quota_text and "this month" in quota_text and "Resets" in quota_text,
+          "quota text: " + quota_text)
     fill("#e-name", "console e2e renamed")
     d.find_element(By.CSS_SELECTOR, "#edit-form button[type=submit]").click()
     wait.until(lambda _: d.find_element(By.ID, "token-h").text == "console e2e renamed")
@@ -348,8 +381,19 @@ try:
     d.find_element(By.CSS_SELECTOR, "[data-nav=tokens]").click()
     d.find_element(By.ID, "f-reset").click()
     wait.until(lambda _: any("bob's token" in r for r in rows()))
-    d.find_element(By.LINK_TEXT, "bob's token").click()
+    # Two list loads race here (the nav click and the reset): the link may be redrawn.
+    click_link("bob's token")
     visible("#view-token")
+    # Used from 127.0.0.1 and four other networks: more than warn_above (3).
+    warning = visible("#t-ips-warning")
+    check("5 networks" in warning.text, "key-sharing warning: " + warning.text)
+    prefixes = [r[0] for r in js(ip_rows)]
+    check(sorted(prefixes) == sorted(["127.0.0.0/24", "198.51.100.0/24", "203.0.113.0/24",
+                                      "192.0.2.0/24", "2001:db8:5::/64"]), f"bob's prefixes: {prefixes}")
+    shot("09-key-sharing")
+    set_width(390)
+    no_horizontal_overflow("token page with client IPs at 390 px")
+    set_width(1280)
     d.find_element(By.ID, "t-delete").click()
     wait.until(lambda _: dialog_open("dlg-confirm"))
     d.find_element(By.ID, "confirm-ok").click()

@@ -479,8 +479,21 @@
     const r = await api('GET', '/v1/tokens/' + enc(id));
     state.token = r;
     renderToken();
-    // The chart and the audit events load after the record; a failure shows in place.
+    // The chart, client IPs, quota and audit events load after the record; a failure
+    // shows in place. Nothing of the previously shown token stays meanwhile.
+    $('#t-ips').replaceChildren();
+    $('#t-ips-badge').replaceChildren();
+    $('#t-ips-hint').textContent = '';
+    $('#t-quota-card').hidden = true;
     loadUsage(id).catch((e) => { $('#t-chart').replaceChildren(el('p', { class: 'hint', text: 'Usage unavailable: ' + e.message })); });
+    loadIps(id).catch((e) => {
+      $('#t-ips-badge').replaceChildren();
+      $('#t-ips').replaceChildren(el('tr', {}, el('td', { colspan: '4', text: 'Client IPs unavailable: ' + e.message })));
+    });
+    loadQuota(id).catch((e) => {
+      $('#t-quota-card').hidden = false;
+      $('#t-quota').replaceChildren(el('p', { class: 'hint', text: 'Quota unavailable: ' + e.message }));
+    });
     if (state.caller.canAudit) {
       loadTokenAudit(id).catch((e) => { $('#t-audit').replaceChildren(el('tr', {}, el('td', { colspan: '5', text: e.message }))); });
     }
@@ -664,6 +677,78 @@
     $('#t-chart').replaceChildren(chart);
     $('#t-chart').setAttribute('aria-label', total + ' requests in the last 7 days; busiest hour ' + max);
     $('#t-chart-total').textContent = total + ' requests in the last 7 days (counts lag by up to a second).';
+  }
+
+  // ---- client IPs (key-sharing signals) --------------------------------------
+
+  async function loadIps(id) {
+    const r = await api('GET', '/v1/tokens/' + enc(id) + '/ips');
+    // Another token's page may be showing by now.
+    if (state.token && state.token.id === id) renderIps(r);
+  }
+
+  function renderIps(r) {
+    const days = r.windowDays + (r.windowDays === 1 ? ' day' : ' days');
+    $('#ips-h').textContent = 'Client IPs (' + days + ')';
+    const badge = $('#t-ips-badge');
+    if (r.distinct > r.warnAbove) {
+      badge.replaceChildren(el('span', {
+        class: 'badge st-warn', id: 't-ips-warning',
+        text: '⚠ used from ' + r.distinct + ' networks: shared key?',
+        title: 'More than ' + r.warnAbove + ' distinct client prefixes in the last ' + days,
+      }));
+    } else {
+      badge.replaceChildren();
+    }
+    const rows = r.items.map((s) => el('tr', {},
+      el('td', {}, el('code', { text: s.prefix })),
+      el('td', { class: 'num', text: String(s.count) }),
+      el('td', { text: fmtTime(s.firstSeenAt, true) }),
+      el('td', { text: fmtTime(s.lastSeenAt, true) }),
+    ));
+    if (!rows.length) {
+      rows.push(el('tr', {}, el('td', { colspan: '4', text: 'No requests in the last ' + days + '.' })));
+    }
+    $('#t-ips').replaceChildren(...rows);
+    $('#t-ips-hint').textContent = r.enabled
+      ? r.distinct + (r.distinct === 1 ? ' distinct prefix' : ' distinct prefixes') +
+        '; IPv4 grouped by /' + r.ipv4Prefix + ', IPv6 by /' + r.ipv6Prefix +
+        '. Counts lag by up to a second.'
+      : 'Client-IP recording is off (client_ip.signals.enabled: false).';
+  }
+
+  // ---- quota ---------------------------------------------------------------
+
+  async function loadQuota(id) {
+    const r = await api('GET', '/v1/tokens/' + enc(id) + '/quota');
+    if (state.token && state.token.id === id) renderQuota(r.quota, state.token.ownerId);
+  }
+
+  function fmtDuration(secs) {
+    const d = Math.floor(secs / 86400), h = Math.floor((secs % 86400) / 3600), m = Math.floor((secs % 3600) / 60);
+    if (d > 0) return d + ' d ' + h + ' h';
+    if (h > 0) return h + ' h ' + m + ' min';
+    return Math.max(1, m) + ' min';
+  }
+
+  function renderQuota(q, ownerId) {
+    const card = $('#t-quota-card');
+    card.hidden = !q;
+    if (!q) return;
+    const per = q.per === 'owner' ? 'shared by every token of owner ' + ownerId : 'this token\'s own';
+    const meter = el('meter', {
+      id: 't-quota-meter', min: '0', max: String(q.limit), value: String(Math.min(q.used, q.limit)),
+      low: String(Math.floor(q.limit * 0.8)), high: String(Math.floor(q.limit * 0.95)), optimum: '0',
+      'aria-labelledby': 'quota-h',
+    });
+    $('#t-quota').replaceChildren(
+      el('p', { class: 'quota-figures' },
+        el('strong', { id: 't-quota-used', text: q.used + ' / ' + q.limit }),
+        ' requests ' + (q.period === 'day' ? 'today (UTC)' : 'this month (UTC)') +
+        ' (' + q.remaining + ' remaining; ' + per + ')'),
+      meter,
+      el('p', { class: 'hint', text: 'Resets ' + fmtTime(q.resetAt) + ' (in ' + fmtDuration(q.resetSeconds) + ').' }),
+    );
   }
 
   // ---- audit ---------------------------------------------------------------
