@@ -424,7 +424,7 @@ impl Webhooks {
             Ok(req) => match tokio::time::timeout(settings.timeout, self.client.request(req)).await
             {
                 Err(_) => Err((None, format!("timed out after {:?}", settings.timeout))),
-                Ok(Err(e)) => Err((None, format!("request failed: {e}"))),
+                Ok(Err(e)) => Err((None, format!("request failed: {}", chain(&e)))),
                 Ok(Ok(resp)) => {
                     let status = resp.status();
                     // Drain (bounded by the timeout) so the connection can be reused.
@@ -581,6 +581,18 @@ impl Webhooks {
             }
         })
     }
+}
+
+/// `e` and its sources, `: `-separated (hyper's top-level errors say little alone).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn count_attempt(result: &'static str) {

@@ -392,6 +392,11 @@ async fn failing_receivers_are_retried_with_backoff_then_marked_failed() {
     let redis = RedisServer::start();
     let flaky = Receiver::start(2, 500).await;
     let dead = Receiver::start(usize::MAX, 503).await;
+    // A port nobody listens on: connection refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gw = GatewayProcess::start(&format!(
         r#"store:
   backend: redis
@@ -401,6 +406,7 @@ webhooks:
   endpoints:
     - {{name: flaky, url: "{flaky}", secret: {SECRET}, events: [token.created]}}
     - {{name: dead, url: "{dead}", secret: {SECRET}, events: [token.created]}}
+    - {{url: "http://{closed}/hooks/secret-path", secret: {SECRET}, events: [token.created]}}
   retry_initial_seconds: 1
   retry_max_seconds: 60
   max_attempts: 3
@@ -409,6 +415,7 @@ webhooks:
         flaky = flaky.url(),
         dead = dead.url(),
     ));
+    let gone = format!("http://{closed}");
     let admin = AdminApi::new(&gw.admin_url);
     let (pat, rec) = admin
         .create(json!({"name": "ci", "ownerId": "u1", "permissions": ["tokens:admin"]}))
@@ -471,7 +478,23 @@ webhooks:
     );
     assert!(dead_d["nextAttemptAt"].is_null());
     assert_eq!(dead.hits().len(), 3, "no attempt after the last");
-    assert_eq!(deliveries(&admin, "?status=failed").await.len(), 1);
+    // The unnamed endpoint is named by its origin (its path may be a credential),
+    // and a connection error is recorded without a status code.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let list = deliveries(&admin, &format!("?endpoint={gone}")).await;
+        if list.first().is_some_and(|d| d["status"] == "failed") {
+            break list[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused["attempts"], 3);
+    assert!(refused["lastStatusCode"].is_null());
+    let err = refused["lastError"].as_str().unwrap();
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(!refused.to_string().contains("secret-path"), "{refused}");
+    assert_eq!(deliveries(&admin, "?status=failed").await.len(), 2);
 
     // The outbox is for admin keys only, even for a PAT with tokens:admin.
     let r = reqwest::Client::new()

@@ -573,9 +573,10 @@ pub struct WebhookEndpoint {
 
 impl std::fmt::Debug for WebhookEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the secret nor the URL's path and query (often a credential too).
         f.debug_struct("WebhookEndpoint")
             .field("name", &self.name)
-            .field("url", &self.url)
+            .field("host", &self.url.host())
             .field("events", &self.events)
             .finish_non_exhaustive()
     }

@@ -1245,9 +1245,12 @@ fn webhooks(cx: &mut Ctx, r: raw::RawWebhooks) -> WebhookSettings {
                     None
                 }
             };
+            // Default name: the URL's origin. Not the whole URL: its path or query
+            // may be a credential (`/services/T0/B0/secret`), and names are shown in
+            // the deliveries API and stored with every delivery.
             let name = e
                 .name
-                .or_else(|| e.url.clone())
+                .or_else(|| url.as_ref().map(origin))
                 .unwrap_or_default();
             if name.trim().is_empty() {
                 cx.err(format!("{base}.name"), "must not be empty");
@@ -1373,6 +1376,16 @@ fn webhooks(cx: &mut Ctx, r: raw::RawWebhooks) -> WebhookSettings {
             d.keep_deliveries,
             100,
         ),
+    }
+}
+
+/// `scheme://host[:port]` of `uri` (no user info, path or query).
+fn origin(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or_default();
+    match uri.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
     }
 }
 
@@ -2315,8 +2328,9 @@ webhooks:
             w.endpoints[0].events,
             [WebhookEvent::TokenRevoked, WebhookEvent::OwnerDisabled]
         );
-        // No name: the URL names it; no events: every event.
-        assert_eq!(w.endpoints[1].name, "http://10.0.0.5:8000/in");
+        // No name: the URL's origin names it (a path may be a credential); no
+        // events: every event.
+        assert_eq!(w.endpoints[1].name, "http://10.0.0.5:8000");
         assert_eq!(w.endpoints[1].events, WebhookEvent::ALL);
         assert_eq!((w.expiring_days, w.max_attempts), (3, 5));
         assert_eq!(w.retry_initial, Duration::from_secs(2));
