@@ -75,6 +75,18 @@ fn ok_json(status: StatusCode, v: &impl serde::Serialize) -> Reply {
     Ok(json_response(status, Bytes::from(body)))
 }
 
+/// `200 {"items", "nextCursor"}` for a newest-first page of `limit`: a full page
+/// continues after its last item's id.
+fn page_json<T: serde::Serialize>(items: &[T], limit: usize, id: impl Fn(&T) -> &str) -> Reply {
+    let next = (items.len() == limit)
+        .then(|| items.last().map(id))
+        .flatten();
+    ok_json(
+        StatusCode::OK,
+        &serde_json::json!({"items": items, "nextCursor": next}),
+    )
+}
+
 /// Status and message for a failed operation (one exhaustive match).
 fn error_response(e: &LifecycleError) -> Response<Body> {
     match e {
@@ -520,15 +532,7 @@ impl Admin {
                 let q = delivery_query(&query_pairs(&req))?;
                 let limit = q.limit;
                 let items = lc.store().list_deliveries(&q).await?;
-                let next = if items.len() == limit {
-                    items.last().map(|d| d.id.clone())
-                } else {
-                    None
-                };
-                ok_json(
-                    StatusCode::OK,
-                    &serde_json::json!({"items": items, "nextCursor": next}),
-                )
+                page_json(&items, limit, |d| &d.id)
             }
             ApiOp::ListAudit => {
                 who.require_admin_key("The audit trail")
@@ -536,15 +540,7 @@ impl Admin {
                 let q = audit_query(&query_pairs(&req))?;
                 let limit = q.limit;
                 let items = lc.store().list_audit(&q).await?;
-                let next = if items.len() == limit {
-                    items.last().map(|e| e.id.clone())
-                } else {
-                    None
-                };
-                ok_json(
-                    StatusCode::OK,
-                    &serde_json::json!({"items": items, "nextCursor": next}),
-                )
+                page_json(&items, limit, |e| &e.id)
             }
         }
     }

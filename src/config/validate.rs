@@ -315,6 +315,16 @@ fn at_least(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, min: u64) ->
     n
 }
 
+/// `v` (or `default`) within `min..=max`; out of range is an error (and `default`).
+fn within(cx: &mut Ctx, path: &str, v: Option<u64>, default: u64, min: u64, max: u64) -> u64 {
+    let n = at_least(cx, path, v, default, min);
+    if n > max {
+        cx.err(path, format!("must be at most {max}"));
+        return default;
+    }
+    n
+}
+
 /// Longest timer a config may set: far beyond any sane value, far below the point
 /// where `Instant + Duration` arithmetic would overflow and panic.
 const MAX_TIMER_SECS: u64 = 365 * 86_400;
@@ -959,41 +969,34 @@ fn client_ip(cx: &mut Ctx, r: raw::RawClientIp) -> ClientIpSettings {
 /// `client_ip.signals`; the defaults are [`IpSignals::default`].
 fn ip_signals(cx: &mut Ctx, r: raw::RawIpSignals) -> IpSignals {
     let d = IpSignals::default();
-    let mut in_range = |field: &str, v: Option<u64>, default: u64, lo: u64, hi: u64| match v {
-        None => default,
-        Some(n) if (lo..=hi).contains(&n) => n,
-        Some(n) => {
-            cx.err(
-                format!("client_ip.signals.{field}"),
-                format!("{n} is out of range; expected {lo}-{hi}"),
-            );
-            default
-        }
-    };
     // The ranges keep every value well inside the target types: the casts are lossless.
-    let ipv4_prefix = in_range(
-        "ipv4_prefix",
+    let ipv4_prefix = within(
+        cx,
+        "client_ip.signals.ipv4_prefix",
         r.ipv4_prefix.map(u64::from),
         u64::from(d.ipv4_prefix),
         1,
         32,
     ) as u8;
-    let ipv6_prefix = in_range(
-        "ipv6_prefix",
+    let ipv6_prefix = within(
+        cx,
+        "client_ip.signals.ipv6_prefix",
         r.ipv6_prefix.map(u64::from),
         u64::from(d.ipv6_prefix),
         1,
         128,
     ) as u8;
-    let max_per_token = in_range(
-        "max_per_token",
+    let max_per_token = within(
+        cx,
+        "client_ip.signals.max_per_token",
         r.max_per_token.map(u64::from),
         d.max_per_token as u64,
         1,
         1000,
     ) as usize;
-    let retention_days = in_range(
-        "retention_days",
+    let retention_days = within(
+        cx,
+        "client_ip.signals.retention_days",
         r.retention_days.map(u64::from),
         u64::from(d.retention_days),
         1,
@@ -1001,8 +1004,9 @@ fn ip_signals(cx: &mut Ctx, r: raw::RawIpSignals) -> IpSignals {
     ) as u32;
     // Unset: the default, lowered below a small `max_per_token` so the badge can show.
     let warn_default = d.warn_above.min(max_per_token.saturating_sub(1)).max(1);
-    let warn_above = in_range(
-        "warn_above",
+    let warn_above = within(
+        cx,
+        "client_ip.signals.warn_above",
         r.warn_above.map(u64::from),
         warn_default as u64,
         1,
@@ -1298,26 +1302,22 @@ fn webhooks(cx: &mut Ctx, r: raw::RawWebhooks) -> WebhookSettings {
             })
         })
         .collect();
-    let expiring_days = at_least(
+    let expiring_days = within(
         cx,
         "webhooks.expiring_days",
         r.expiring_days,
         u64::from(d.expiring_days),
         1,
+        365,
     );
-    if expiring_days > 365 {
-        cx.err("webhooks.expiring_days", "must be at most 365");
-    }
-    let max_attempts = at_least(
+    let max_attempts = within(
         cx,
         "webhooks.max_attempts",
         r.max_attempts,
         u64::from(d.max_attempts),
         1,
+        100,
     );
-    if max_attempts > 100 {
-        cx.err("webhooks.max_attempts", "must be at most 100");
-    }
     let retry_initial = secs(
         cx,
         "webhooks.retry_initial_seconds",
@@ -1350,7 +1350,7 @@ fn webhooks(cx: &mut Ctx, r: raw::RawWebhooks) -> WebhookSettings {
     }
     WebhookSettings {
         endpoints,
-        expiring_days: u32::try_from(expiring_days.min(365)).unwrap_or(365),
+        expiring_days: u32::try_from(expiring_days).unwrap_or(365),
         expiring_scan_interval: secs(
             cx,
             "webhooks.expiring_scan_interval_seconds",
@@ -1365,7 +1365,7 @@ fn webhooks(cx: &mut Ctx, r: raw::RawWebhooks) -> WebhookSettings {
             d.rate_limited_interval.as_secs(),
             1,
         ),
-        max_attempts: u32::try_from(max_attempts.min(100)).unwrap_or(100),
+        max_attempts: u32::try_from(max_attempts).unwrap_or(100),
         retry_initial,
         retry_max,
         timeout,
@@ -2901,10 +2901,7 @@ client_ip:
             ]
         );
         let e = errs("client_ip: {signals: {ipv4_prefix: 33}}\n");
-        assert_eq!(
-            e,
-            vec!["client_ip.signals.ipv4_prefix: 33 is out of range; expected 1-32"]
-        );
+        assert_eq!(e, vec!["client_ip.signals.ipv4_prefix: must be at most 32"]);
     }
 
     #[test]

@@ -40,9 +40,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::broadcast;
 
 use super::{
-    AuditEvent, AuditQuery, Changed, ClientIpSeen, Delivery, DeliveryQuery, HOURLY_RETENTION_HOURS,
-    Invalidation, InvalidationRx, IpRetention, ListQuery, Lookup, Mutation, NewIpSeen, Page,
-    StoreError, TokenRecord, TokenStore, UsageDelta, hour_of, merge_client_ips, retention_cutoff,
+    AuditEvent, AuditQuery, Changed, ClientIpSeen, HOURLY_RETENTION_HOURS, Invalidation,
+    InvalidationRx, IpRetention, ListQuery, Lookup, Mutation, NewIpSeen, Page, StoreError,
+    TokenRecord, TokenStore, UsageDelta, hour_of, merge_client_ips, retention_cutoff,
     sort_client_ips,
 };
 use crate::config::EmbeddedSettings;
@@ -808,34 +808,5 @@ impl TokenStore for EmbeddedStore {
             Ok(())
         })
         .await
-    }
-
-    async fn enqueue_deliveries(
-        &self,
-        deliveries: &[Delivery],
-        keep: u64,
-    ) -> Result<(), StoreError> {
-        self.outbox_enqueue(deliveries, keep).await
-    }
-
-    async fn claim_deliveries(
-        &self,
-        now: Timestamp,
-        lease: Duration,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
-        self.outbox_claim(now, lease, limit).await
-    }
-
-    async fn save_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        self.outbox_save(delivery).await
-    }
-
-    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
-        self.outbox_list(query).await
-    }
-
-    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.once_marker(key, ttl).await
     }
 }

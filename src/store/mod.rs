@@ -12,7 +12,7 @@ mod entry;
 mod outbox;
 mod record;
 
-pub use outbox::{Delivery, DeliveryQuery, DeliveryStatus};
+pub use outbox::{Delivery, DeliveryQuery, DeliveryStatus, Outbox};
 
 pub use record::{
     AuditEvent, AuditQuery, Changed, ClientIpSeen, Invalidation, IpRetention, ListQuery, Lookup,
@@ -109,9 +109,10 @@ pub type Mutation<'a> = &'a (dyn Fn(&mut TokenRecord) -> Result<(), String> + Se
 /// What a subscriber receives: an invalidation (or `All` after a reconnect).
 pub type InvalidationRx = broadcast::Receiver<Invalidation>;
 
-/// The token store. See the module doc for atomicity rules.
+/// The token store. See the module doc for atomicity rules. Its webhook outbox is
+/// the supertrait [`Outbox`].
 #[async_trait]
-pub trait TokenStore: Send + Sync + 'static {
+pub trait TokenStore: Outbox + Send + Sync + 'static {
     /// Resolves a hash to its record: the current secret, or an old one in its grace
     /// period (`grace_until` set). `None` when unknown or its grace has ended.
     async fn lookup(&self, hash: &TokenHash) -> Result<Option<Lookup>, StoreError>;
@@ -224,34 +225,6 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Cheap reachability check for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Adds webhook deliveries to the outbox (each due at its `due_ms`), then trims
-    /// the outbox to the newest `keep` deliveries, never dropping pending ones.
-    async fn enqueue_deliveries(
-        &self,
-        deliveries: &[Delivery],
-        keep: u64,
-    ) -> Result<(), StoreError>;
-
-    /// Takes up to `limit` pending deliveries due at `now` and leases them until
-    /// `now + lease`: until then no other caller gets them. One atomic step.
-    async fn claim_deliveries(
-        &self,
-        now: Timestamp,
-        lease: Duration,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, StoreError>;
-
-    /// Writes a delivery back after an attempt: pending ones are due again at their
-    /// `nextAttemptAt`, final ones leave the queue.
-    async fn save_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
-
-    /// Deliveries newest first, filtered by `query`.
-    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
-
-    /// Claims the one-shot marker `key` for `ttl`: `true` for the first caller (on
-    /// any replica), `false` while the marker lives. Dedups events across replicas.
-    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
 }
 
 pub mod embedded;

@@ -7,8 +7,13 @@
 //! the delivery until the lease ends: delivery is at least once, and receivers
 //! deduplicate on the event id.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+use super::StoreError;
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,4 +130,38 @@ pub fn token_of(payload: &serde_json::Value) -> Option<&str> {
     data.get("tokenId")
         .or_else(|| data.get("token").and_then(|t| t.get("id")))
         .and_then(|v| v.as_str())
+}
+
+/// The webhook outbox of a store (a supertrait of [`super::TokenStore`]; each
+/// method is one atomic step, like the token store's).
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Adds webhook deliveries to the outbox (each due at its `due_ms`), then drops
+    /// the final (delivered or failed) ones outside the newest `keep`; pending
+    /// deliveries are never dropped.
+    async fn enqueue_deliveries(
+        &self,
+        deliveries: &[Delivery],
+        keep: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Takes up to `limit` pending deliveries due at `now` and leases them until
+    /// `now + lease`: until then no other caller gets them. One atomic step.
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Writes a delivery back after an attempt: pending ones are due again at their
+    /// `nextAttemptAt`, final ones leave the queue.
+    async fn save_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
+
+    /// Deliveries newest first, filtered by `query`.
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Claims the one-shot marker `key` for `ttl`: `true` for the first caller (on
+    /// any replica), `false` while the marker lives. Dedups events across replicas.
+    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError>;
 }

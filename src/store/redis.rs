@@ -78,9 +78,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 
 use super::{
-    AuditEvent, AuditQuery, Changed, ClientIpSeen, Delivery, DeliveryQuery, HOURLY_RETENTION_HOURS,
-    Invalidation, InvalidationRx, IpRetention, ListQuery, Lookup, Mutation, NewIpSeen, Page,
-    StoreError, TokenRecord, TokenStore, UsageDelta, hour_of, retention_cutoff, sort_client_ips,
+    AuditEvent, AuditQuery, Changed, ClientIpSeen, HOURLY_RETENTION_HOURS, Invalidation,
+    InvalidationRx, IpRetention, ListQuery, Lookup, Mutation, NewIpSeen, Page, StoreError,
+    TokenRecord, TokenStore, UsageDelta, hour_of, retention_cutoff, sort_client_ips,
 };
 use crate::config::{RedisSettings, SentinelSettings};
 use crate::ratelimit::gcra::GCRA_LUA;
@@ -1414,35 +1414,6 @@ impl TokenStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.query::<Value>(&redis::cmd("PING")).await?;
         Ok(())
-    }
-
-    async fn enqueue_deliveries(
-        &self,
-        deliveries: &[Delivery],
-        keep: u64,
-    ) -> Result<(), StoreError> {
-        self.outbox_enqueue(deliveries, keep).await
-    }
-
-    async fn claim_deliveries(
-        &self,
-        now: Timestamp,
-        lease: Duration,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
-        self.outbox_claim(now, lease, limit).await
-    }
-
-    async fn save_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        self.outbox_save(delivery).await
-    }
-
-    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
-        self.outbox_list(query).await
-    }
-
-    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.once_marker(key, ttl).await
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use jiff::Timestamp;
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -17,7 +18,7 @@ use redb::{
 
 use super::{EmbeddedStore, db_err};
 use crate::store::entry::{corrupt, to_json};
-use crate::store::{Delivery, DeliveryQuery, StoreError};
+use crate::store::{Delivery, DeliveryQuery, Outbox, StoreError};
 
 const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("webhook_deliveries");
 const DUE: TableDefinition<(i64, &str), ()> = TableDefinition::new("webhook_due");
@@ -89,8 +90,9 @@ fn trim(tx: &WriteTransaction, keep: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl EmbeddedStore {
-    pub(super) async fn outbox_enqueue(
+#[async_trait]
+impl Outbox for EmbeddedStore {
+    async fn enqueue_deliveries(
         &self,
         deliveries: &[Delivery],
         keep: u64,
@@ -110,7 +112,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn outbox_claim(
+    async fn claim_deliveries(
         &self,
         now: Timestamp,
         lease: Duration,
@@ -155,7 +157,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn outbox_save(&self, d: &Delivery) -> Result<(), StoreError> {
+    async fn save_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
         let d = d.clone();
         let json = to_json(&d)?;
         self.run(move |db| {
@@ -166,7 +168,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn outbox_list(&self, q: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+    async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
         let q = q.clone();
         self.run(move |db| {
             let limit = q.limit.max(1);
@@ -193,7 +195,7 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(super) async fn once_marker(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let key = key.to_string();
         let now = Timestamp::now().as_millisecond();
         let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));

@@ -13,12 +13,13 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use jiff::Timestamp;
 use redis::Script;
 
 use super::RedisStore;
 use crate::store::entry::{corrupt, to_json};
-use crate::store::{Delivery, DeliveryQuery, StoreError};
+use crate::store::{Delivery, DeliveryQuery, Outbox, StoreError};
 
 /// KEYS: d, due, all. ARGV: keep, then (id, due ms, json) per delivery. Adds them,
 /// then drops the oldest final deliveries beyond `keep`.
@@ -90,8 +91,11 @@ impl RedisStore {
     fn k_wh(&self, part: &str) -> String {
         format!("{}{{wh}}:{part}", self.prefix)
     }
+}
 
-    pub(super) async fn outbox_enqueue(
+#[async_trait]
+impl Outbox for RedisStore {
+    async fn enqueue_deliveries(
         &self,
         deliveries: &[Delivery],
         keep: u64,
@@ -111,7 +115,7 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn outbox_claim(
+    async fn claim_deliveries(
         &self,
         now: Timestamp,
         lease: Duration,
@@ -137,7 +141,7 @@ impl RedisStore {
             .collect()
     }
 
-    pub(super) async fn outbox_save(&self, delivery: &Delivery) -> Result<(), StoreError> {
+    async fn save_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
         let (d, due) = (self.k_wh("d"), self.k_wh("due"));
         self.script::<i64>(
             &SAVE,
@@ -148,7 +152,7 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn outbox_list(&self, q: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+    async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
         let limit = q.limit.max(1);
         let chunk = limit.clamp(50, 500);
         let (d, all) = (self.k_wh("d"), self.k_wh("all"));
@@ -190,7 +194,7 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn once_marker(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let set: Option<String> = self
             .query(
                 redis::cmd("SET")
