@@ -97,12 +97,14 @@ async fn redis_dies_and_returns_under_traffic_cached_tokens_never_get_401() {
     let url = format!("{}/api/x", gw.url);
 
     let mut cached = Vec::new();
+    let mut cached_ids = Vec::new();
     for i in 0..3 {
-        let (t, _) = admin
+        let (t, rec) = admin
             .create(json!({"name": format!("c{i}"), "ownerId": "u1"}))
             .await;
         assert_eq!(status(&http, &url, &t).await, 200);
         cached.push(t);
+        cached_ids.push(rec["id"].as_str().unwrap().to_string());
     }
     let (uncached, _) = admin.create(json!({"name": "u", "ownerId": "u1"})).await;
 
@@ -115,6 +117,7 @@ async fn redis_dies_and_returns_under_traffic_cached_tokens_never_get_401() {
 
     // Kill Redis (after a SAVE, as a persistent production Redis would have its data).
     redis.cli(&["SAVE"]);
+    let saved_at = Instant::now();
     let mut redis = tokio::task::spawn_blocking(move || {
         let mut r = redis;
         r.stop();
@@ -128,6 +131,15 @@ async fn redis_dies_and_returns_under_traffic_cached_tokens_never_get_401() {
         during.push(status(&http, &url, &uncached).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A management write now is refused, not acknowledged and then lost.
+    let (s, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/tokens/{}", cached_ids[0]),
+            Some(json!({"name": "during-outage"})),
+        )
+        .await;
+    assert_eq!(s, 503, "{body}");
 
     // Bring it back and time the recovery of an uncached token.
     redis = tokio::task::spawn_blocking(move || {
@@ -155,7 +167,6 @@ async fn redis_dies_and_returns_under_traffic_cached_tokens_never_get_401() {
     for w in workers {
         cached_statuses.extend(w.await.unwrap());
     }
-    drop(redis);
 
     let not_ok: Vec<u16> = cached_statuses
         .iter()
@@ -183,6 +194,49 @@ async fn redis_dies_and_returns_under_traffic_cached_tokens_never_get_401() {
         recovered < Duration::from_secs(1),
         "uncached token recovered {recovered:?} after Redis returned (want < 1 s)"
     );
+
+    // Usage: counts held while Redis was down are written after it returned; what
+    // can be lost is what was flushed between the SAVE and the kill (Redis's own
+    // durability), at most one flush interval (500 ms) of traffic.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut recorded = 0;
+    for id in &cached_ids {
+        let (s, rec) = admin
+            .call(reqwest::Method::GET, &format!("/v1/tokens/{id}"), None)
+            .await;
+        assert_eq!(s, 200, "acknowledged creations survive: {rec}");
+        assert_ne!(rec["name"], "during-outage");
+        recorded += rec["usageCount"].as_u64().unwrap();
+    }
+    let served = cached_statuses.iter().filter(|(_, s)| *s == 200).count() as u64 + 3;
+    let around_save = cached_statuses
+        .iter()
+        .filter(|(at, s)| {
+            *s == 200
+                && at.saturating_duration_since(saved_at) < Duration::from_secs(1)
+                && *at <= saved_at + Duration::from_secs(1)
+        })
+        .count() as u64;
+    eprintln!("usage: served {served}, recorded {recorded}, second after the SAVE {around_save}");
+    assert!(
+        recorded <= served,
+        "counted {recorded} of {served} served: double counting"
+    );
+    assert!(
+        served - recorded <= around_save,
+        "usage lost: {} of {served} (at most the second after the SAVE, {around_save}, may go)",
+        served - recorded
+    );
+    // And a management write after the recovery is acknowledged and kept.
+    let (s, _) = admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/tokens/{}", cached_ids[0]),
+            Some(json!({"name": "after"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    drop(redis);
 }
 
 /// A real upstream in its own process (killable, connections and all).
