@@ -1193,7 +1193,17 @@ fn limits(cx: &mut Ctx, r: raw::RawLimits) -> Limits {
 
 fn logging(cx: &mut Ctx, r: raw::RawLogging) -> LoggingSettings {
     let level = r.level.unwrap_or_else(|| "info".to_owned());
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+    // Span field filters (`target[span{field=value}]`) compile their values as
+    // regexes into DFAs that can grow exponentially (the config fuzzer found a
+    // 300-byte filter taking seconds): not accepted here. RUST_LOG still takes them.
+    if level.contains(['{', '}']) {
+        cx.err(
+            "logging.level",
+            "span field filters (`{…}`) are not accepted here; use RUST_LOG for them",
+        );
+    } else if level.len() > 1024 {
+        cx.err("logging.level", "must be at most 1024 characters");
+    } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
         cx.err(
             "logging.level",
             format!("`{level}` is not a log filter: {e}"),
@@ -2303,6 +2313,25 @@ routes:
         assert_eq!(s.tokens.default_expiry, None);
         let s = ok("tokens: {default_expiry: 30d, max_expiry: 90d}\n");
         assert_eq!(s.tokens.max_expiry, Some(Duration::from_secs(90 * 86_400)));
+    }
+
+    #[test]
+    fn log_filters_with_span_field_regexes_are_refused() {
+        // From the config fuzzer: EnvFilter compiled this field value into a DFA
+        // for seconds. Plain directives still work.
+        let e = errs("logging: {level: \"a[b{c=.*..........................x}]\"}\n");
+        assert_eq!(
+            e,
+            [
+                "logging.level: span field filters (`{…}`) are not accepted here; use RUST_LOG for them"
+            ]
+        );
+        assert_eq!(
+            ok("logging: {level: \"warn,patgate=debug,hyper[conn]=trace\"}\n")
+                .logging
+                .level,
+            "warn,patgate=debug,hyper[conn]=trace"
+        );
     }
 
     #[test]
