@@ -131,6 +131,33 @@ routes:
         })
     });
 
+    // Usage counting on the request path, with and without the key-sharing signals
+    // (one lock; the signals add a prefix computation and a scan of the token's
+    // pending prefixes, here 8 distinct /24s).
+    for enabled in [false, true] {
+        let usage = patgate::usage::UsageRecorder::new();
+        usage.set_signals(patgate::config::IpSignals {
+            enabled,
+            ..Default::default()
+        });
+        let ips: Vec<std::net::IpAddr> = (0..8u8)
+            .map(|i| std::net::IpAddr::from([203, 0, i, 7]))
+            .collect();
+        let now = jiff::Timestamp::now();
+        let mut i = 0usize;
+        let name = if enabled {
+            "usage/record_with_ip_signals"
+        } else {
+            "usage/record"
+        };
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                usage.record(black_box("01KTOKENIDXXXXXXXXXXXXXXXX"), now, ips[i % 8]);
+            })
+        });
+    }
+
     c.bench_function("token/parse", |b| {
         b.iter(|| token::parse(black_box(&raw), "pat_").is_ok())
     });
