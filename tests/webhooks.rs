@@ -798,3 +798,76 @@ routes:
     // second /24 request may fall into the next batch).
     assert!((2..=3).contains(&counts), "{counts}");
 }
+
+/// Endpoints come and go with a reload (`POST /v1/reload`, like SIGHUP): events are
+/// recorded only while someone subscribes, and a delivery whose endpoint was removed
+/// ends `failed` instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_reloaded_and_removed_ones_fail_their_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(usize::MAX, 503).await;
+    let base = format!(
+        "{store}tokens: {{creation_limit: 0}}\n",
+        store = store_yaml(None, dir.path())
+    );
+    let gw = GatewayProcess::start(&base);
+    let admin = AdminApi::new(&gw.admin_url);
+    admin
+        .create(json!({"name": "before", "ownerId": "u1"}))
+        .await;
+    assert!(
+        deliveries(&admin, "").await.is_empty(),
+        "no endpoint, no event"
+    );
+
+    let with_hook = format!(
+        "{base}webhooks:\n  endpoints:\n    - {{name: ops, url: \"{}\", secret: {SECRET}}}\n  retry_initial_seconds: 2\n",
+        receiver.url()
+    );
+    let full = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(&gw.config_path, full.replace(&base, &with_hook)).unwrap();
+    let (s, body) = admin.post("/v1/reload").await;
+    assert_eq!(s, 200, "{body}");
+    let (_, rec) = admin
+        .create(json!({"name": "after", "ownerId": "u1"}))
+        .await;
+    receiver
+        .wait_for("the first attempt", Duration::from_secs(10), |h| {
+            !h.is_empty()
+        })
+        .await;
+    assert_eq!(receiver.hits()[0].json["data"]["tokenId"], rec["id"]);
+
+    // The receiver refused it; the retry is 2 s away. Rename the endpoint: the
+    // delivery's next attempt finds no endpoint `ops` and fails it.
+    std::fs::write(
+        &gw.config_path,
+        full.replace(&base, &with_hook.replace("name: ops", "name: other")),
+    )
+    .unwrap();
+    let (s, body) = admin.post("/v1/reload").await;
+    assert_eq!(s, 200, "{body}");
+    let sent = receiver.hits().len();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let failed = loop {
+        let list = deliveries(&admin, "?endpoint=ops").await;
+        if list[0]["status"] == "failed" {
+            break list[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        failed["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("no longer configured"),
+        "{failed}"
+    );
+    assert_eq!(failed["attempts"], 2);
+    assert_eq!(
+        receiver.hits().len(),
+        sent,
+        "nothing sent after the endpoint went"
+    );
+}
