@@ -545,3 +545,70 @@ routes:
     assert_eq!(meta, "1.1 200", "{echo}");
     assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
 }
+
+// ---- runtime flavours ----
+
+/// `PATGATE_RUNTIME=current_thread` (what a one-CPU pod or a pinned process gets by
+/// default) serves the whole path: admin API, authenticated proxying, the usage
+/// flusher, and a clean SIGTERM exit, on both stores.
+async fn current_thread_runtime_serves_everything(store: &str) {
+    let upstream = common::upstream::Upstream::start().await;
+    let yaml = format!(
+        "{store}tokens: {{creation_limit: 0}}\nroutes:\n  - name: api\n    path_prefix: /api/\n    upstream: \"{}\"\n",
+        upstream.url()
+    );
+    let mut gw = GatewayProcess::start_with(&yaml, "", &[("PATGATE_RUNTIME", "current_thread")]);
+    let admin = common::admin::AdminApi::new(&gw.admin_url);
+    let (token, rec) = admin
+        .create(serde_json::json!({"name": "ct", "ownerId": "u1"}))
+        .await;
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        let r = http
+            .get(format!("{}/api/x", gw.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let id = rec["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, r) = admin
+            .call(reqwest::Method::GET, &format!("/v1/tokens/{id}"), None)
+            .await;
+        if r["usageCount"] == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usage not flushed: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || gw.terminate(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_thread_runtime_on_redis() {
+    let redis = common::redis::RedisServer::start();
+    current_thread_runtime_serves_everything(&format!(
+        "store:\n  backend: redis\n  redis:\n    url: \"{}\"\n",
+        redis.url()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_thread_runtime_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    current_thread_runtime_serves_everything(&format!(
+        "store:\n  backend: embedded\n  embedded:\n    path: \"{}\"\n",
+        dir.path().join("ct.redb").display()
+    ))
+    .await;
+}

@@ -86,10 +86,36 @@ enum AdminKeyCommand {
     },
 }
 
+/// The async runtime. With one CPU available (`available_parallelism`, which counts
+/// the CPU affinity mask and a cgroup CPU quota: a pod limited to one CPU, or a
+/// process pinned with `taskset`), tokio's current-thread scheduler: the same work
+/// without the work-stealing machinery, measured at 15 % less CPU per proxied
+/// request than a one-worker multi-thread runtime (BENCHMARKS.md). Otherwise the
+/// multi-thread scheduler, one worker per CPU. `PATGATE_RUNTIME=current_thread` or
+/// `multi_thread` overrides the choice. Blocking work (redb, file reads) goes to the
+/// blocking pool either way.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let current_thread = match std::env::var("PATGATE_RUNTIME").as_deref() {
+        Ok("current_thread") => true,
+        Ok("multi_thread") => false,
+        Ok(other) => {
+            eprintln!(
+                "warning: PATGATE_RUNTIME={other:?} is neither current_thread nor multi_thread; ignored"
+            );
+            one_cpu
+        }
+        Err(_) => one_cpu,
+    };
+    if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
 }
 
 /// Runs an admin-API client command to completion on a fresh runtime.

@@ -48,6 +48,11 @@ impl GatewayProcess {
     /// indented by two spaces, e.g. `"  tls: {cert: a, key: b}\n"`). With `admin.tls`
     /// the admin URL is still given as `http://`; callers switch the scheme.
     pub fn start_with_admin(yaml: &str, admin: &str) -> GatewayProcess {
+        Self::start_with(yaml, admin, &[])
+    }
+
+    /// [`Self::start_with_admin`] with extra environment variables for the process.
+    pub fn start_with(yaml: &str, admin: &str, env: &[(&str, &str)]) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("patgate.yaml");
         let full = format!(
@@ -61,6 +66,7 @@ impl GatewayProcess {
             .args(["serve", "--config"])
             .arg(&config_path)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
