@@ -30,6 +30,8 @@
 //! - [`metrics`]: Prometheus metrics (`GET /metrics` on the admin listener).
 //! - [`clock`]: coarse clocks (an atomic load) for the request path.
 //! - [`assertion`]: the signed identity (Ed25519 JWS) for upstreams, and its JWKS.
+//! - [`webhooks`]: token events, signed and delivered from a persistent outbox in the
+//!   store, with retries.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
