@@ -18,7 +18,7 @@
 //! store call. Invalidations (local changes and the store's pub/sub) drop entries at
 //! once; an epoch counter keeps a fetch that raced an invalidation from being cached.
 //! Cost of a hit: one moka lookup (no allocation, no lock held across `await`; keys
-//! are hashed by [`HashKeyHasher`], freshness timed with [`crate::clock::recent`]).
+//! are hashed by [`crate::token::HashKeyHasher`], freshness timed with [`crate::clock::recent`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //! outbox by the worker within a second; a graceful shutdown moves the rest. Events
 //! that must happen once (the first 429 of a token per interval, a quota crossing
 //! 80 % in a period, a token entering the expiry window) are deduplicated across
-//! replicas by a one-shot marker in the store ([`TokenStore::once`]), and on this
+//! replicas by a one-shot marker in the store ([`crate::store::Outbox::once`]), and on this
 //! replica by a small in-memory set so a flood of 429s costs no store call each.
 //! `token.expiring` comes from a scan that runs once per
 //! `webhooks.expiring_scan_interval_seconds` across all replicas (the first replica

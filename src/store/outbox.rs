@@ -94,7 +94,7 @@ impl Delivery {
     }
 }
 
-/// Filters for [`super::TokenStore::list_deliveries`]; newest first.
+/// Filters for [`Outbox::list_deliveries`]; newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryQuery {
     /// Only deliveries in this state.
