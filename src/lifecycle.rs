@@ -75,6 +75,9 @@ pub enum LifecycleError {
     /// No such token.
     #[error("Token not found")]
     NotFound,
+    /// No such webhook delivery.
+    #[error("Delivery not found")]
+    NoSuchDelivery,
     /// The caller may not do this (a PAT outside its rights).
     #[error("{0}")]
     Forbidden(String),

@@ -48,6 +48,8 @@ impl Hit {
 struct Receiver {
     addr: std::net::SocketAddr,
     hits: Arc<Mutex<Vec<Hit>>>,
+    /// Requests still to be refused (set to 0 to make the receiver recover).
+    fail_first: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -109,7 +111,12 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, hits, task }
+        Receiver {
+            addr,
+            hits,
+            fail_first: fail,
+            task,
+        }
     }
 
     fn url(&self) -> String {
@@ -495,6 +502,62 @@ webhooks:
     assert!(err.to_lowercase().contains("refused"), "{err}");
     assert!(!refused.to_string().contains("secret-path"), "{refused}");
     assert_eq!(deliveries(&admin, "?status=failed").await.len(), 2);
+
+    // The dead receiver recovers; an operator redelivers its failed delivery: due at
+    // once, a fresh schedule, the same event.
+    dead.fail_first.store(0, Ordering::SeqCst);
+    let (s, again) = admin
+        .post(&format!(
+            "/v1/webhooks/deliveries/{}/redeliver",
+            dead_d["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(
+        (again["status"].clone(), again["attempts"].clone()),
+        (json!("pending"), json!(0))
+    );
+    let hits = dead
+        .wait_for("the redelivery", Duration::from_secs(10), |h| h.len() >= 4)
+        .await;
+    assert_eq!(hits[3].json["id"], hits[0].json["id"], "the same event id");
+    verify_signature(&hits[3], SECRET);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = deliveries(&admin, "?endpoint=dead").await;
+        if list[0]["status"] == "delivered" {
+            assert_eq!(list[0]["attempts"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A delivered one can be sent again too; an unknown id is 404.
+    let (s, _) = admin
+        .post(&format!(
+            "/v1/webhooks/deliveries/{}/redeliver",
+            flaky_d["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, 200);
+    let (s, body) = admin
+        .post("/v1/webhooks/deliveries/01NOSUCHDELIVERY/redeliver")
+        .await;
+    assert_eq!(
+        (s, body["error"].clone()),
+        (404, json!("Delivery not found"))
+    );
+    let (s, audit) = admin
+        .call(reqwest::Method::GET, "/v1/audit?actor=admin:test", None)
+        .await;
+    assert_eq!(s, 200);
+    let redeliveries = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "webhook.redeliver")
+        .count();
+    assert_eq!(redeliveries, 2, "audited");
 
     // The outbox is for admin keys only, even for a PAT with tokens:admin.
     let r = reqwest::Client::new()

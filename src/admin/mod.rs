@@ -98,6 +98,7 @@ fn error_response(e: &LifecycleError) -> Response<Body> {
             json_response(StatusCode::BAD_REQUEST, Bytes::from(body.to_string()))
         }
         LifecycleError::NotFound => json_error(StatusCode::NOT_FOUND, "Token not found"),
+        LifecycleError::NoSuchDelivery => json_error(StatusCode::NOT_FOUND, "Delivery not found"),
         LifecycleError::Forbidden(m) => json_error(StatusCode::FORBIDDEN, m),
         LifecycleError::Conflict(m) => json_error(StatusCode::CONFLICT, m),
         LifecycleError::TooManyCreations { retry_after } => {
@@ -533,6 +534,38 @@ impl Admin {
                 let limit = q.limit;
                 let items = lc.store().list_deliveries(&q).await?;
                 page_json(&items, limit, |d| &d.id)
+            }
+            ApiOp::RedeliverWebhook => {
+                who.require_admin_key("Redelivering webhooks")
+                    .map_err(forbidden)?;
+                let id = p.get("id");
+                let mut d = lc
+                    .store()
+                    .get_delivery(id)
+                    .await?
+                    .ok_or(LifecycleError::NoSuchDelivery)?;
+                if d.status == DeliveryStatus::Pending {
+                    return Err(LifecycleError::Conflict(
+                        "The delivery is still pending: it will be retried".into(),
+                    ));
+                }
+                // A fresh schedule: attempts count again from zero.
+                let now = jiff::Timestamp::now();
+                d.status = DeliveryStatus::Pending;
+                d.attempts = 0;
+                d.next_attempt_at = Some(now);
+                d.delivered_at = None;
+                lc.store().save_delivery(&d).await?;
+                lc.audit(
+                    by,
+                    "webhook.redeliver",
+                    crate::store::outbox_token(&d.payload),
+                    None,
+                    "success",
+                    serde_json::json!({"delivery": d.id, "event": d.event, "endpoint": d.endpoint}),
+                )
+                .await;
+                ok_json(StatusCode::OK, &d)
             }
             ApiOp::ListAudit => {
                 who.require_admin_key("The audit trail")

@@ -81,6 +81,9 @@ pub enum ApiOp {
     ReloadConfig,
     /// `GET /v1/webhooks/deliveries`: the webhook outbox, newest first (admin key only).
     ListWebhookDeliveries,
+    /// `POST /v1/webhooks/deliveries/{id}/redeliver`: send a delivered or failed
+    /// delivery again, with a fresh retry schedule (admin key only).
+    RedeliverWebhook,
 }
 
 impl Op {
@@ -110,6 +113,7 @@ impl Op {
             Op::Api(ApiOp::ListAudit) => "listAudit",
             Op::Api(ApiOp::ReloadConfig) => "reloadConfig",
             Op::Api(ApiOp::ListWebhookDeliveries) => "listWebhookDeliveries",
+            Op::Api(ApiOp::RedeliverWebhook) => "redeliverWebhook",
         }
     }
 
@@ -186,6 +190,11 @@ pub const ROUTES: &[RouteDef] = &[
         "GET",
         "/v1/webhooks/deliveries",
         Op::Api(ApiOp::ListWebhookDeliveries),
+    ),
+    route(
+        "POST",
+        "/v1/webhooks/deliveries/{id}/redeliver",
+        Op::Api(ApiOp::RedeliverWebhook),
     ),
     route("POST", "/v1/reload", Op::Api(ApiOp::ReloadConfig)),
 ];
@@ -404,7 +413,8 @@ mod tests {
                     | ApiOp::RevokeToken
                     | ApiOp::DeactivateToken
                     | ApiOp::ActivateToken
-                    | ApiOp::RegenerateToken,
+                    | ApiOp::RegenerateToken
+                    | ApiOp::RedeliverWebhook,
                 ) => Some("{id}"),
                 Op::Api(ApiOp::DisableOwner | ApiOp::EnableOwner) => Some("{ownerId}"),
             };

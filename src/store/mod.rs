@@ -12,7 +12,7 @@ mod entry;
 mod outbox;
 mod record;
 
-pub use outbox::{Delivery, DeliveryQuery, DeliveryStatus, Outbox};
+pub use outbox::{Delivery, DeliveryQuery, DeliveryStatus, Outbox, token_of as outbox_token};
 
 pub use record::{
     AuditEvent, AuditQuery, Changed, ClientIpSeen, Invalidation, IpRetention, ListQuery, Lookup,

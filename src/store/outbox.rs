@@ -158,6 +158,9 @@ pub trait Outbox: Send + Sync {
     /// `nextAttemptAt`, final ones leave the queue.
     async fn save_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
 
+    /// One delivery by id.
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
+
     /// Deliveries newest first, filtered by `query`.
     async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
 

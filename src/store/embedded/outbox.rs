@@ -195,6 +195,19 @@ impl Outbox for EmbeddedStore {
         .await
     }
 
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        let id = id.to_string();
+        self.run(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(DELIVERIES).map_err(db_err)?;
+            match t.get(id.as_str()).map_err(db_err)? {
+                None => Ok(None),
+                Some(v) => serde_json::from_str(v.value()).map(Some).map_err(corrupt),
+            }
+        })
+        .await
+    }
+
     async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let key = key.to_string();
         let now = Timestamp::now().as_millisecond();

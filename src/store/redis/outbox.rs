@@ -194,6 +194,14 @@ impl Outbox for RedisStore {
         }
     }
 
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        let body: Option<String> = self
+            .query(redis::cmd("HGET").arg(self.k_wh("d")).arg(id))
+            .await?;
+        body.map(|b| serde_json::from_str(&b).map_err(corrupt))
+            .transpose()
+    }
+
     async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let set: Option<String> = self
             .query(
