@@ -1130,6 +1130,8 @@ async fn outbox_claims_due_deliveries_under_a_lease(s: &dyn TokenStore) {
         .await
         .unwrap();
     assert_eq!(all.iter().find(|d| d.id == a.id).unwrap(), &done);
+    assert_eq!(s.get_delivery(&a.id).await.unwrap(), Some(done));
+    assert_eq!(s.get_delivery("01NOSUCHDELIVERY").await.unwrap(), None);
 }
 
 async fn outbox_lists_newest_first_filters_pages_and_trims_only_final_ones(s: &dyn TokenStore) {
