@@ -104,52 +104,28 @@ pub async fn charge(
         .charge_quota(&subject, start, end, cost, q.requests)
         .await
     {
-        Ok((true, used)) => {
+        Ok((charged, used)) => {
             let state = QuotaState {
                 limit: q.requests,
                 used,
                 reset,
             };
             let warn_at = q.requests.saturating_mul(4).div_ceil(5);
-            if used >= q.requests {
-                notify(
-                    hooks,
-                    WebhookEvent::TokenQuotaExhausted,
-                    q,
-                    record,
-                    &subject,
-                    start,
-                    state,
-                );
+            let event = if !charged || used >= q.requests {
+                Some(WebhookEvent::TokenQuotaExhausted)
             } else if used >= warn_at && used.saturating_sub(cost) < warn_at {
-                notify(
-                    hooks,
-                    WebhookEvent::TokenQuotaWarning,
-                    q,
-                    record,
-                    &subject,
-                    start,
-                    state,
-                );
-            }
-            Ok(Some(state))
-        }
-        Ok((false, used)) => {
-            let state = QuotaState {
-                limit: q.requests,
-                used,
-                reset,
+                Some(WebhookEvent::TokenQuotaWarning)
+            } else {
+                None
             };
-            notify(
-                hooks,
-                WebhookEvent::TokenQuotaExhausted,
-                q,
-                record,
-                &subject,
-                start,
-                state,
-            );
-            Err(Deny::QuotaExceeded(reset))
+            if let Some(event) = event {
+                notify(hooks, event, q, record, &subject, start, state);
+            }
+            if charged {
+                Ok(Some(state))
+            } else {
+                Err(Deny::QuotaExceeded(reset))
+            }
         }
         Err(e) => {
             metrics().quota_unavailable.inc();

@@ -89,6 +89,50 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("embedded store: {e}"))
 }
 
+/// What a [`newest_first`] scan does with one row.
+pub(super) enum Step {
+    /// Return it.
+    Keep,
+    /// Leave it out and go on.
+    Skip,
+    /// Leave it out and end the scan.
+    Stop,
+}
+
+/// The JSON rows of a table keyed by time-ordered ids (ULIDs), newest first and
+/// strictly older than `cursor`: at most `limit` (at least 1) of those `pick` keeps.
+pub(super) fn newest_first<T, R>(
+    table: &R,
+    cursor: Option<&str>,
+    limit: usize,
+    mut pick: impl FnMut(&T) -> Step,
+) -> Result<Vec<T>, StoreError>
+where
+    T: serde::de::DeserializeOwned,
+    R: ReadableTable<&'static str, &'static str>,
+{
+    let limit = limit.max(1);
+    let range = match cursor {
+        Some(c) => table.range::<&str>(..c),
+        None => table.range::<&str>(..),
+    }
+    .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in range.rev() {
+        let (_, v) = row.map_err(db_err)?;
+        let item: T = serde_json::from_str(v.value()).map_err(corrupt)?;
+        match pick(&item) {
+            Step::Keep => out.push(item),
+            Step::Skip => continue,
+            Step::Stop => break,
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Reads and decodes a `tokens` entry.
 fn read_tok<T: ReadableTable<&'static [u8], &'static str>>(
     table: &T,
@@ -756,38 +800,28 @@ impl TokenStore for EmbeddedStore {
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
         let query = query.clone();
         self.run(move |db| {
-            let limit = query.limit.max(1);
             let tx = db.begin_read().map_err(db_err)?;
             let t = tx.open_table(AUDIT).map_err(db_err)?;
-            let range = match &query.cursor {
-                Some(c) => t.range::<&str>(..c.as_str()),
-                None => t.range::<&str>(..),
-            }
-            .map_err(db_err)?;
-            let mut out = Vec::new();
-            for row in range.rev() {
-                let (_, v) = row.map_err(db_err)?;
-                let ev: AuditEvent = serde_json::from_str(v.value()).map_err(corrupt)?;
-                if let Some(since) = query.since
-                    && ev.time < since
-                {
-                    // Ids are time ordered: everything further back is older still.
-                    break;
-                }
-                if query
-                    .token_id
-                    .as_ref()
-                    .is_some_and(|t| ev.token_id.as_ref() != Some(t))
-                    || query.actor.as_ref().is_some_and(|a| &ev.actor != a)
-                {
-                    continue;
-                }
-                out.push(ev);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-            Ok(out)
+            newest_first(
+                &t,
+                query.cursor.as_deref(),
+                query.limit,
+                |ev: &AuditEvent| {
+                    if query.since.is_some_and(|since| ev.time < since) {
+                        // Ids are time ordered: everything further back is older still.
+                        Step::Stop
+                    } else if query
+                        .token_id
+                        .as_ref()
+                        .is_some_and(|t| ev.token_id.as_ref() != Some(t))
+                        || query.actor.as_ref().is_some_and(|a| &ev.actor != a)
+                    {
+                        Step::Skip
+                    } else {
+                        Step::Keep
+                    }
+                },
+            )
         })
         .await
     }

@@ -94,6 +94,12 @@ impl Delivery {
     }
 }
 
+/// The end of a lease of `lease` taken at `now`, in Unix ms (saturating).
+pub fn lease_end_ms(now: Timestamp, lease: Duration) -> i64 {
+    now.as_millisecond()
+        .saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Filters for [`Outbox::list_deliveries`]; newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryQuery {

@@ -16,8 +16,9 @@ use redb::{
     WriteTransaction,
 };
 
-use super::{EmbeddedStore, db_err};
+use super::{EmbeddedStore, Step, db_err, newest_first};
 use crate::store::entry::{corrupt, to_json};
+use crate::store::outbox::lease_end_ms;
 use crate::store::{Delivery, DeliveryQuery, Outbox, StoreError};
 
 const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("webhook_deliveries");
@@ -119,7 +120,7 @@ impl Outbox for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let now_ms = now.as_millisecond();
-        let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let until = lease_end_ms(now, lease);
         self.run(move |db: &Database| {
             let tx = db.begin_write().map_err(db_err)?;
             let mut out = Vec::new();
@@ -171,26 +172,11 @@ impl Outbox for EmbeddedStore {
     async fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
         let q = q.clone();
         self.run(move |db| {
-            let limit = q.limit.max(1);
             let tx = db.begin_read().map_err(db_err)?;
             let t = tx.open_table(DELIVERIES).map_err(db_err)?;
-            let range = match &q.cursor {
-                Some(c) => t.range::<&str>(..c.as_str()),
-                None => t.range::<&str>(..),
-            }
-            .map_err(db_err)?;
-            let mut out = Vec::new();
-            for row in range.rev() {
-                let (_, v) = row.map_err(db_err)?;
-                let d: Delivery = serde_json::from_str(v.value()).map_err(corrupt)?;
-                if q.matches(&d) {
-                    out.push(d);
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-            Ok(out)
+            newest_first(&t, q.cursor.as_deref(), q.limit, |d: &Delivery| {
+                if q.matches(d) { Step::Keep } else { Step::Skip }
+            })
         })
         .await
     }
@@ -210,8 +196,8 @@ impl Outbox for EmbeddedStore {
 
     async fn once(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
         let key = key.to_string();
-        let now = Timestamp::now().as_millisecond();
-        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let at = Timestamp::now();
+        let (now, until) = (at.as_millisecond(), lease_end_ms(at, ttl));
         self.run(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
             let first = {

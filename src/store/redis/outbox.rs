@@ -19,6 +19,7 @@ use redis::Script;
 
 use super::RedisStore;
 use crate::store::entry::{corrupt, to_json};
+use crate::store::outbox::lease_end_ms;
 use crate::store::{Delivery, DeliveryQuery, Outbox, StoreError};
 
 /// KEYS: d, due, all. ARGV: keep, then (id, due ms, json) per delivery. Adds them,
@@ -122,7 +123,7 @@ impl Outbox for RedisStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let now_ms = now.as_millisecond();
-        let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let until = lease_end_ms(now, lease);
         let (d, due) = (self.k_wh("d"), self.k_wh("due"));
         let bodies: Vec<String> = self
             .script(
