@@ -33,7 +33,6 @@ struct Harness {
     unknown: String,
     token_id: String,
     seen: Arc<Mutex<Vec<Seen>>>,
-    _dir: tempfile::TempDir,
 }
 
 /// A minimal HTTP/1.1 upstream that records what it receives and answers 200.
@@ -122,6 +121,10 @@ routes:
             let app = patgate::app::App::build(settings, None)
                 .await
                 .expect("harness app");
+            // The harness lives in a `static` (never dropped), so remove its directory
+            // now: redb keeps the unlinked file open and working, and nothing is left
+            // behind in the temp dir when the process ends.
+            drop(dir);
             let new = patgate::lifecycle::NewToken {
                 name: "fuzz".into(),
                 owner_id: "fuzzer".into(),
@@ -142,7 +145,6 @@ routes:
             unknown,
             token_id,
             seen,
-            _dir: dir,
         }
     }
 }
