@@ -22,11 +22,20 @@ Scenarios:
   G4  as G1 config, invalid tokens: 500 with a broken checksum + 500 well-formed
       unknown ones (negative-cached for `negative_ttl`, default 5 s)
 
+Then the fixed-rate phase (`--rates`, default 25,50,75 % of N's median max req/s from
+the phase above; `--rate-scenarios`, default D,N,G1,G2): open-loop load from `oha -q`
+with `--latency-correction` (latency counted from each request's scheduled send time,
+so no coordinated omission), split over `--rate-streams` oha processes with one token
+each (oha sends one fixed header set), interleaved round by round like the first phase.
+Reported: p50/p99/p99.9 and the same percentiles added over D at the same rate in the
+same round; a run whose achieved rate is below 97 % of the target is marked saturated.
+
 Python stdlib only; matplotlib (optional) for the plot.
 """
 
 import argparse
 import atexit
+import contextlib
 import ctypes
 import datetime
 import hashlib
@@ -52,6 +61,7 @@ BIN = os.path.join(ROOT, "target", "release", "patgate")
 SUT_CPU = "1"
 LOAD_CPU = "0"
 SCENARIOS = ["D", "N", "G0", "G1", "G2", "G3", "G4"]
+OHA = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
 PREFIX = "pat_"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -425,9 +435,12 @@ def wrk(port, seconds, conns, script, tokens_file):
 
 # ---------------------------------------------------------------- one measured run
 
-def run_one(sc, rnd, ctx, args):
+@contextlib.contextmanager
+def running(sc, rnd, ctx, args, tag=""):
+    """Starts scenario `sc`'s system under test (none for D), checks its first answer,
+    warms it with `--warmup` seconds of wrk over the scenario's token list (for G3 then
+    stops Redis), and stops it on exit. Yields (port, SUT pid or None, Gateway or None)."""
     work = ctx["work"]
-    up_pid = ctx["upstream"].pid
     redis = ctx["redis"]
     tokens_file = ctx["invalid_file"] if sc == "G4" else ctx["valid_file"]
     sut = gw = None
@@ -436,13 +449,13 @@ def run_one(sc, rnd, ctx, args):
         port = ctx["up_port"]
     elif sc == "N":
         port = free_port()
-        sut = nginx(work, f"proxy-r{rnd}", proxy_body(port, ctx["up_port"]), SUT_CPU)
+        sut = nginx(work, f"proxy-r{rnd}{tag}", proxy_body(port, ctx["up_port"]), SUT_CPU)
         wait_port(port, sut)
         sut_pid = sut.pid
     else:
         auth = sc != "G0"
         max_entries = 1 if sc == "G2" else None
-        gw = Gateway(work, f"{sc}-r{rnd}", lambda p, a: gateway_yaml(
+        gw = Gateway(work, f"{sc}-r{rnd}{tag}", lambda p, a: gateway_yaml(
             p, a, ctx["admin_sha"], ctx["redis_port"], ctx["up_port"], auth, max_entries))
         sut, port, sut_pid = gw.proc, gw.port, gw.proc.pid
         # First request: waits until the disabled-owner set is loaded (fail-closed 503).
@@ -461,6 +474,22 @@ def run_one(sc, rnd, ctx, args):
         if sc == "G3":
             redis.shutdown_save()
             time.sleep(0.2)
+        yield port, sut_pid, gw
+    finally:
+        if sut is not None:
+            stop(sut)
+        if sc == "G3":
+            redis.start()
+            n = redis.dbsize()
+            if n < len(ctx["valid"]):
+                raise RuntimeError(f"Redis restarted with only {n} keys")
+
+
+def run_one(sc, rnd, ctx, args):
+    """One maximum-throughput run (closed loop: wrk, `--connections` connections)."""
+    up_pid = ctx["upstream"].pid
+    tokens_file = ctx["invalid_file"] if sc == "G4" else ctx["valid_file"]
+    with running(sc, rnd, ctx, args) as (port, sut_pid, gw):
         m0 = gw.metrics() if gw else {}
         t0 = time.monotonic()
         c0 = cpu_ticks(sut_pid) if sut_pid else 0
@@ -472,14 +501,6 @@ def run_one(sc, rnd, ctx, args):
         s1, l1 = cpu_stat(SUT_CPU), cpu_stat(LOAD_CPU)
         t1 = time.monotonic()
         m1 = gw.metrics() if gw else {}
-    finally:
-        if sut is not None:
-            stop(sut)
-        if sc == "G3":
-            redis.start()
-            n = redis.dbsize()
-            if n < len(ctx["valid"]):
-                raise RuntimeError(f"Redis restarted with only {n} keys")
     reqs = res["requests"]
     dur = res["duration_us"] / 1e6
     sut_s = (c1 - c0) / CLK_TCK
@@ -506,6 +527,113 @@ def run_one(sc, rnd, ctx, args):
     if sc != "G4" and row["non2xx"]:
         log(f"WARNING {sc} r{rnd}: {row['non2xx']} non-2xx responses")
     return row
+
+
+# ---------------------------------------------------------------- fixed-rate latency
+
+def oha_streams(port, rate, seconds, tokens, conns):
+    """Open-loop load: one `oha -q` process per token, each at rate/len(tokens) with
+    `--latency-correction` (latency counted from each request's scheduled start, so a
+    stalled server is charged for the requests it delayed: no coordinated omission).
+    Returns each stream's JSON report."""
+    procs = []
+    for tok in tokens:
+        cmd = ["taskset", "-c", LOAD_CPU, OHA, "-z", f"{seconds}s",
+               "-q", f"{rate / len(tokens):.1f}", "-c", str(conns),
+               "--latency-correction", "--no-tui", "--output-format", "json",
+               "--worker-threads", "1", "-H", f"Authorization: Bearer {tok}",
+               f"http://127.0.0.1:{port}/bench"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig, text=True)
+        PROCS.append(p)
+        procs.append(p)
+    out = []
+    for p in procs:
+        try:
+            o, e = p.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise RuntimeError("oha hung")
+        if p.returncode != 0:
+            raise RuntimeError(f"oha failed ({p.returncode}): {e[-500:]}")
+        out.append(json.loads(o))
+    return out
+
+
+def rate_one(sc, rnd, pct, rate, ctx, args):
+    """One fixed-rate run: `rate` requests/s in all, split over `--rate-streams` oha
+    processes with one token each (oha cannot vary a header per request)."""
+    tokens = ctx["valid"][:args.rate_streams]
+    with running(sc, rnd, ctx, args, tag=f"-q{pct}") as (port, sut_pid, gw):
+        m0 = gw.metrics() if gw else {}
+        c0 = cpu_ticks(sut_pid) if sut_pid else 0
+        streams = oha_streams(port, rate, args.rate_duration, tokens, args.rate_connections)
+        c1 = cpu_ticks(sut_pid) if sut_pid else 0
+        m1 = gw.metrics() if gw else {}
+    # Each stream is an independent sample of the same latency distribution; the
+    # percentile reported is the mean of the streams' percentiles.
+    def pctl(key):
+        return statistics.fmean(st["latencyPercentiles"][key] for st in streams) * 1e3
+    ok = sum(st["statusCodeDistribution"].get("200", 0) for st in streams)
+    total = sum(sum(st["statusCodeDistribution"].values()) for st in streams)
+    errors = sum(sum(st["errorDistribution"].values()) for st in streams)
+    achieved = sum(st["summary"]["requestsPerSec"] or 0 for st in streams)
+    return {
+        "scenario": sc, "round": rnd, "load_pct": pct, "target_rps": rate,
+        "achieved_rps": achieved, "saturated": achieved < 0.97 * rate,
+        "p50_ms": pctl("p50"), "p99_ms": pctl("p99"), "p999_ms": pctl("p99.9"),
+        "responses": total, "non200": total - ok, "errors": errors,
+        "sut_cpu_us_per_req": ((c1 - c0) / CLK_TCK / total * 1e6) if (sut_pid and total) else None,
+        "gateway_counters": {k: m1.get(k, 0) - m0.get(k, 0) for k in m1},
+    }
+
+
+def summarize_rates(rows):
+    """Per scenario and load level: medians over rounds, and latency added over D
+    (same round, same load level)."""
+    out = {}
+    for r in rows:
+        d = [x for x in rows if x["scenario"] == "D" and x["round"] == r["round"]
+             and x["load_pct"] == r["load_pct"]]
+        for key in ("p50_ms", "p99_ms", "p999_ms"):
+            r[key.replace("_ms", "_added_ms")] = (r[key] - d[0][key]) if d else None
+    for sc in SCENARIOS:
+        for pct in sorted({r["load_pct"] for r in rows}):
+            rs = [r for r in rows if r["scenario"] == sc and r["load_pct"] == pct]
+            if not rs:
+                continue
+            s = {k: med_range([r[k] for r in rs]) for k in
+                 ("target_rps", "achieved_rps", "p50_ms", "p99_ms", "p999_ms",
+                  "p50_added_ms", "p99_added_ms", "p999_added_ms", "sut_cpu_us_per_req")}
+            s["saturated_runs"] = sum(r["saturated"] for r in rs)
+            s["non200_total"] = sum(r["non200"] for r in rs)
+            s["errors_total"] = sum(r["errors"] for r in rs)
+            ctr = {}
+            for r in rs:
+                for k, v in r["gateway_counters"].items():
+                    ctr[k] = ctr.get(k, 0) + v
+            s["gateway_counters_total"] = ctr
+            out.setdefault(sc, {})[str(pct)] = s
+    return out
+
+
+def rate_table(rsum):
+    lines = [
+        "| scenario | load (% of N max) | target req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | p50 added over D | p99 added | p99.9 added | SUT CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for sc in SCENARIOS:
+        for pct, s in sorted(rsum.get(sc, {}).items(), key=lambda kv: int(kv[0])):
+            sat = f" ({s['saturated_runs']} runs saturated)" if s["saturated_runs"] else ""
+            lines.append("| {} | {} % | {} | {}{} | {} | {} | {} | {} | {} | {} | {} |".format(
+                sc, pct, fmt_mr(s["target_rps"]), fmt_mr(s["achieved_rps"]), sat,
+                fmt_mr(s["p50_ms"], "{:.3f}"), fmt_mr(s["p99_ms"], "{:.3f}"),
+                fmt_mr(s["p999_ms"], "{:.3f}"),
+                fmt_mr(s["p50_added_ms"], "{:+.3f}") if sc != "D" else "–",
+                fmt_mr(s["p99_added_ms"], "{:+.3f}") if sc != "D" else "–",
+                fmt_mr(s["p999_added_ms"], "{:+.3f}") if sc != "D" else "–",
+                fmt_mr(s["sut_cpu_us_per_req"], "{:.1f}") if sc != "D" else "–"))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- summary
@@ -583,7 +711,7 @@ def table(summ):
     return "\n".join(lines)
 
 
-def plot(summ, path, title):
+def plot(summ, rsum, path, title):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -592,7 +720,8 @@ def plot(summ, path, title):
         log("matplotlib not available: no plot")
         return False
     scs = [s for s in SCENARIOS if s in summ]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 3 if rsum else 2, figsize=(18 if rsum else 12, 4.5))
+    a1, a2 = axes[0], axes[1]
     med = [summ[s]["rps"]["median"] for s in scs]
     lo = [summ[s]["rps"]["median"] - summ[s]["rps"]["min"] for s in scs]
     hi = [summ[s]["rps"]["max"] - summ[s]["rps"]["median"] for s in scs]
@@ -612,6 +741,21 @@ def plot(summ, path, title):
     a2.set_ylabel("latency ms (median, bars = min–max)")
     a2.set_title("Latency at max throughput")
     a2.legend()
+    if rsum:
+        a3 = axes[2]
+        for i, sc in enumerate(SCENARIOS):
+            levels = sorted(rsum.get(sc, {}), key=int)
+            if not levels:
+                continue
+            for key, style in (("p99_ms", "-o"), ("p999_ms", ":x")):
+                a3.plot([int(p) for p in levels],
+                        [rsum[sc][p][key]["median"] for p in levels], style, color=f"C{i}",
+                        label=f"{sc} {key.replace('_ms', '').replace('p999', 'p99.9')}")
+        a3.set_xlabel("load, % of N's max req/s (oha -q, latency-corrected)")
+        a3.set_ylabel("latency ms (median of rounds)")
+        a3.set_yscale("log")
+        a3.set_title("Latency at fixed rates")
+        a3.legend(fontsize=7, ncol=2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -663,11 +807,27 @@ def main():
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"))
+    ap.add_argument("--rates", default="25,50,75",
+                    help="fixed-rate phase: load levels in %% of N's max req/s ('' = skip)")
+    ap.add_argument("--rate-rounds", type=int, default=3)
+    ap.add_argument("--rate-duration", type=int, default=5, help="seconds per oha run")
+    ap.add_argument("--rate-scenarios", default="D,N,G1,G2")
+    ap.add_argument("--rate-streams", type=int, default=4,
+                    help="oha processes per run, one token each")
+    ap.add_argument("--rate-connections", type=int, default=8, help="connections per stream")
+    ap.add_argument("--rate-base", type=float,
+                    help="req/s that 100%% stands for (default: N's median max in this run)")
     args = ap.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
-    for s in scenarios:
+    rate_scenarios = [s for s in args.rate_scenarios.split(",") if s]
+    rates = [int(x) for x in args.rates.split(",") if x]
+    for s in scenarios + rate_scenarios:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}")
+    if rates and not args.rate_base and "N" not in scenarios:
+        ap.error("the fixed-rate phase needs N in --scenarios, or --rate-base")
+    if rates and not os.access(OHA, os.X_OK):
+        ap.error("oha not found (cargo install --locked oha), or pass --rates ''")
 
     atexit.register(cleanup)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -733,6 +893,23 @@ def main():
                 + f"non-2xx {row['non2xx']}  {row['gateway_counters'] or ''}")
 
     summ, extra = summarize(rows, args.rounds)
+
+    # Fixed-rate phase: latency at 25/50/75 % of N's maximum, open loop (oha -q with
+    # latency correction), interleaved the same way.
+    rate_rows, rsum, base = [], {}, None
+    if rates:
+        base = args.rate_base or summ["N"]["rps"]["median"]
+        for rnd in range(1, args.rate_rounds + 1):
+            for pct in rates:
+                for sc in rate_scenarios:
+                    row = rate_one(sc, rnd, pct, base * pct / 100, ctx, args)
+                    rate_rows.append(row)
+                    log(f"rate round {rnd} {pct:>3}% {sc:>2}: target {row['target_rps']:8.0f} "
+                        f"achieved {row['achieved_rps']:8.0f} req/s  p50 {row['p50_ms']:.3f} "
+                        f"p99 {row['p99_ms']:.3f} p99.9 {row['p999_ms']:.3f} ms  "
+                        f"non-200 {row['non200']} errors {row['errors']}  "
+                        f"{row['gateway_counters'] or ''}")
+        rsum = summarize_rates(rate_rows)
     meta = {
         "started": started.isoformat(), "finished": datetime.datetime.now(
             datetime.timezone.utc).isoformat(),
@@ -744,7 +921,9 @@ def main():
         "command": "scripts/bench " + " ".join(sys.argv[1:]),
     }
     result = {"meta": meta, "runs": rows, "summary": summ, "derived": extra,
-              "table_markdown": table(summ)}
+              "table_markdown": table(summ),
+              "rate_base_rps": base, "rate_runs": rate_rows, "rate_summary": rsum,
+              "rate_table_markdown": rate_table(rsum) if rsum else None}
     os.makedirs(args.out, exist_ok=True)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     path = os.path.join(args.out, f"{stamp}.json")
@@ -753,7 +932,7 @@ def main():
     shutil.copyfile(path, os.path.join(args.out, "latest.json"))
     title = (f"patgate e2e {stamp}, {args.rounds} rounds × {args.duration}s, "
              f"SUT on CPU {SUT_CPU}, wrk+upstream+Redis on CPU {LOAD_CPU}")
-    if plot(summ, os.path.join(args.out, f"{stamp}.png"), title):
+    if plot(summ, rsum, os.path.join(args.out, f"{stamp}.png"), title):
         shutil.copyfile(os.path.join(args.out, f"{stamp}.png"),
                         os.path.join(args.out, "latest.png"))
     print()
@@ -768,6 +947,17 @@ def main():
             print(f"{sc} gateway counters over measured runs: "
                   + json.dumps({k.replace('patgate_', ''): int(v) for k, v in
                                 summ[sc]["gateway_counters_total"].items()}))
+    if rsum:
+        print(f"\nFixed rate (oha -q, latency-corrected; 100 % = {base:.0f} req/s):\n")
+        print(rate_table(rsum))
+        print()
+        for pct in rates:
+            g1 = rsum.get("G1", {}).get(str(pct), {}).get("p99_added_ms")
+            n = rsum.get("N", {}).get(str(pct), {}).get("p99_added_ms")
+            g2 = rsum.get("G2", {}).get(str(pct), {}).get("p99_added_ms")
+            if g1 and n:
+                print(f"{pct} %: G1 p99 added {g1['median']:+.3f} ms vs N {n['median']:+.3f} ms"
+                      + (f"; G2 p99 added {g2['median']:+.3f} ms (goal ≤ 0.5)" if g2 else ""))
     print(f"\nwrote {path} (and latest.json/latest.png)")
 
 
