@@ -57,7 +57,8 @@ import time
 import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "patgate")
+# PATGATE_BIN: another build to measure (e.g. an allocator or runtime variant).
+BIN = os.environ.get("PATGATE_BIN") or os.path.join(ROOT, "target", "release", "patgate")
 SUT_CPU = "1"
 LOAD_CPU = "0"
 SCENARIOS = ["D", "N", "G0", "G1", "G2", "G3", "G4"]
