@@ -12,8 +12,10 @@
 //! - the six strings share one `Box<str>`, delimited by 16-bit offsets;
 //! - scopes, permissions, IP allowlist and rate-limit override form a [`Grant`],
 //!   interned process-wide: views with equal grants share one allocation. The interner
-//!   holds weak references only and sweeps the dead ones whenever it has doubled, so
-//!   it never holds more than about twice as many entries as there are live grants;
+//!   holds weak references only (a dead grant's contents are freed at once, its
+//!   80-byte shell at the next sweep) and sweeps the dead ones whenever its entries
+//!   have doubled since the last sweep, so it stays within twice the live grants
+//!   (or 1024 entries);
 //! - the expiry is kept as seconds and nanoseconds (12 bytes instead of the 24 of
 //!   `Option<Timestamp>`), with its presence a flag bit;
 //! - what almost no view needs (an old secret's grace deadline, strings beyond
