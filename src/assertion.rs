@@ -28,7 +28,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::{AssertionSettings, ConfigError};
-use crate::store::Lookup;
+use crate::store::TokenView;
 
 /// Where the public keys are served on the data plane.
 pub const JWKS_PATH: &str = "/_patgate/jwks.json";
@@ -40,9 +40,9 @@ struct SigningKey {
 
 #[derive(Clone)]
 struct Issued {
-    /// The record it was issued for (compared by pointer: a refetched record is a
-    /// new allocation).
-    lookup: Arc<Lookup>,
+    /// The cached token it was issued for (compared by pointer: a refetched record
+    /// is a new view).
+    token: Arc<TokenView>,
     value: HeaderValue,
 }
 
@@ -135,20 +135,20 @@ impl Signer {
         self.jwks.clone()
     }
 
-    /// The assertion for `lookup`'s token on `route`: reused while it has more than
-    /// half its lifetime left and the record has not changed, else freshly signed.
-    pub fn assertion(&self, route: &Arc<str>, lookup: &Arc<Lookup>) -> Option<HeaderValue> {
-        let key = (route.clone(), lookup.record.id.clone());
+    /// The assertion for `token` on `route`: reused while it has more than half its
+    /// lifetime left and the record has not changed, else freshly signed.
+    pub fn assertion(&self, route: &Arc<str>, token: &Arc<TokenView>) -> Option<HeaderValue> {
+        let key = (route.clone(), token.id().to_string());
         if let Some(hit) = self.issued.get(&key)
-            && Arc::ptr_eq(&hit.lookup, lookup)
+            && Arc::ptr_eq(&hit.token, token)
         {
             return Some(hit.value);
         }
-        let value = self.sign(route, lookup, jiff::Timestamp::now())?;
+        let value = self.sign(route, token, jiff::Timestamp::now())?;
         self.issued.insert(
             key,
             Issued {
-                lookup: lookup.clone(),
+                token: token.clone(),
                 value: value.clone(),
             },
         );
@@ -156,19 +156,18 @@ impl Signer {
     }
 
     /// Signs a fresh assertion issued at `now`.
-    fn sign(&self, route: &str, lookup: &Lookup, now: jiff::Timestamp) -> Option<HeaderValue> {
+    fn sign(&self, route: &str, t: &TokenView, now: jiff::Timestamp) -> Option<HeaderValue> {
         let key = self.keys.first()?;
-        let r = &lookup.record;
         let iat = now.as_second();
         let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": key.kid});
         let claims = serde_json::json!({
             "iss": self.issuer,
-            "sub": r.owner_id,
-            "tid": r.id,
-            "org": r.org_id,
-            "project": r.project_id,
-            "scopes": r.scopes,
-            "permissions": r.permissions,
+            "sub": t.owner_id(),
+            "tid": t.id(),
+            "org": t.org_id(),
+            "project": t.project_id(),
+            "scopes": t.scopes(),
+            "permissions": t.permissions(),
             "aud": route,
             "iat": iat,
             "exp": iat + i64::try_from(self.ttl.as_secs()).unwrap_or(60),
@@ -188,7 +187,7 @@ impl Signer {
 mod tests {
     use super::*;
     use crate::config::AssertionKey;
-    use crate::store::{TokenRecord, TokenType};
+    use crate::store::{Lookup, TokenRecord, TokenType};
 
     fn record() -> TokenRecord {
         TokenRecord {
@@ -240,12 +239,12 @@ mod tests {
     fn signs_a_verifiable_compact_jws_and_reuses_it_for_the_same_record() {
         let dir = tempfile::tempdir().unwrap();
         let s = signer(dir.path());
-        let lookup = Arc::new(Lookup {
+        let token = Arc::new(TokenView::new(Lookup {
             record: record(),
             grace_until: None,
-        });
+        }));
         let route: Arc<str> = Arc::from("api");
-        let v = s.assertion(&route, &lookup).unwrap();
+        let v = s.assertion(&route, &token).unwrap();
         let jws = v.to_str().unwrap();
         let parts: Vec<&str> = jws.split('.').collect();
         assert_eq!(parts.len(), 3);
@@ -277,14 +276,14 @@ mod tests {
                 .is_err()
         );
         // Same record: the same assertion; a refetched record: a fresh one.
-        assert_eq!(s.assertion(&route, &lookup).unwrap(), v);
-        let changed = Arc::new(Lookup {
+        assert_eq!(s.assertion(&route, &token).unwrap(), v);
+        let changed = Arc::new(TokenView::new(Lookup {
             record: TokenRecord {
                 scopes: vec!["billing".into()],
                 ..record()
             },
             grace_until: None,
-        });
+        }));
         let v2 = s.assertion(&route, &changed).unwrap();
         assert_ne!(v2, v);
     }

@@ -2,7 +2,7 @@
 //! this replica's copy of the (small) set of disabled owners.
 //!
 //! Token entries and their lifetimes:
-//! - positive (`Some(lookup)`): served for `ttl` as fresh; after that the next hit is
+//! - positive (`Some(view)`): served for `ttl` as fresh; after that the next hit is
 //!   still served while one background refresh runs (stale-while-revalidate). If the
 //!   store is unreachable the entry keeps being served until `max_staleness` after it
 //!   was fetched, when moka evicts it — then the token gets 503, never 401.
@@ -33,7 +33,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::CacheSettings;
 use crate::metrics::metrics;
-use crate::store::{Invalidation, Lookup, StoreError, TokenStore};
+use crate::store::{Invalidation, Lookup, StoreError, TokenStore, TokenView};
 use crate::token::{HashKeyState, TokenHash};
 
 /// The store could not be reached and nothing usable was cached.
@@ -44,28 +44,18 @@ pub struct Unavailable(pub String);
 /// A cache entry. Kept small: a million of them is the cache's whole footprint.
 #[derive(Clone)]
 struct Slot {
-    value: Option<Arc<Lookup>>,
+    value: Option<Arc<TokenView>>,
     fetched: Instant,
 }
 
 impl Slot {
+    /// Keeps only the [`TokenView`] of a found record: what the request path reads.
     fn new(value: Option<Lookup>) -> Self {
         Slot {
-            value: value.map(|mut l| {
-                compact(&mut l.record);
-                Arc::new(l)
-            }),
+            value: value.map(|l| Arc::new(TokenView::new(l))),
             fetched: crate::clock::recent(),
         }
     }
-}
-
-/// Drops spare capacity a deserialised record carries (a JSON array of two becomes a
-/// `Vec` with room for four), since the record lives as long as its cache entry.
-fn compact(r: &mut crate::store::TokenRecord) {
-    r.scopes.shrink_to_fit();
-    r.permissions.shrink_to_fit();
-    r.ip_allowlist.shrink_to_fit();
 }
 
 struct TokenExpiry {
@@ -188,7 +178,7 @@ impl TokenCache {
     }
 
     /// Resolves a hash: from cache, else from the store (coalesced).
-    pub async fn lookup(&self, hash: TokenHash) -> Result<Option<Arc<Lookup>>, Unavailable> {
+    pub async fn lookup(&self, hash: TokenHash) -> Result<Option<Arc<TokenView>>, Unavailable> {
         let inner = &self.inner;
         if let Some(slot) = inner.tokens.get(&hash).await {
             match &slot.value {

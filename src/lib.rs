@@ -5,7 +5,7 @@
 //! - [`config`]: YAML → raw structs → validated [`config::Settings`] (every problem with its path).
 //! - [`token`]: the token format — generate, parse + checksum, SHA-256, display prefix. Pure.
 //! - [`store`]: the [`store::TokenStore`] trait; Redis (standalone, Sentinel, Cluster) and
-//!   embedded (redb) implementations.
+//!   embedded (redb) implementations; [`store::TokenView`], the compact form the cache keeps.
 //! - [`cache`]: moka cache in front of the store: positive/negative entries, coalesced
 //!   misses, invalidation, stale serving while the store is down.
 //! - [`auth`]: the decision pipeline — format → lookup → state → IP → route policy → rate limit.

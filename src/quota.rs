@@ -21,7 +21,7 @@ use jiff::{Timestamp, ToSpan};
 use crate::auth::Deny;
 use crate::config::{QuotaPeriod, QuotaSettings, QuotaSubject, WebhookEvent};
 use crate::metrics::metrics;
-use crate::store::{StoreError, TokenRecord, TokenStore};
+use crate::store::{StoreError, TokenStore, TokenView};
 use crate::webhooks::Webhooks;
 
 /// A subject's quota right now.
@@ -74,21 +74,21 @@ pub fn period(now: Timestamp, p: QuotaPeriod) -> (u64, u64) {
     }
 }
 
-fn subject(q: &QuotaSettings, record: &TokenRecord) -> String {
+fn subject(q: &QuotaSettings, token_id: &str, owner_id: &str) -> String {
     match q.per {
-        QuotaSubject::Token => format!("t:{}", record.id),
-        QuotaSubject::Owner => format!("o:{}", record.owner_id),
+        QuotaSubject::Token => format!("t:{token_id}"),
+        QuotaSubject::Owner => format!("o:{owner_id}"),
     }
 }
 
-/// Charges `cost` for `record`'s request. `Err(QuotaExceeded)` when it would go over.
+/// Charges `cost` for `token`'s request. `Err(QuotaExceeded)` when it would go over.
 /// Tells `hooks` when this request took the subject past 80 % of its quota
 /// (`token.quota_warning`) or used it up (`token.quota_exhausted`, also on the first
 /// refusal); both at most once per subject and period across replicas.
 pub async fn charge(
     store: &dyn TokenStore,
     q: &QuotaSettings,
-    record: &TokenRecord,
+    token: &TokenView,
     cost: u64,
     hooks: &Webhooks,
 ) -> Result<Option<QuotaState>, Deny> {
@@ -99,7 +99,7 @@ pub async fn charge(
     let (start, end) = period(now, q.period);
     let reset =
         Duration::from_secs(end.saturating_sub(u64::try_from(now.as_second()).unwrap_or(0)));
-    let subject = subject(q, record);
+    let subject = subject(q, token.id(), token.owner_id());
     match store
         .charge_quota(&subject, start, end, cost, q.requests)
         .await
@@ -119,7 +119,7 @@ pub async fn charge(
                 None
             };
             if let Some(event) = event {
-                notify(hooks, event, q, record, &subject, start, state);
+                notify(hooks, event, q, token, &subject, start, state);
             }
             if charged {
                 Ok(Some(state))
@@ -140,7 +140,7 @@ fn notify(
     hooks: &Webhooks,
     event: WebhookEvent,
     q: &QuotaSettings,
-    record: &TokenRecord,
+    token: &TokenView,
     subject: &str,
     start: u64,
     state: QuotaState,
@@ -151,8 +151,8 @@ fn notify(
     hooks.emit_once(event, key, ttl, || {
         let mut data = state.to_json();
         if let Some(m) = data.as_object_mut() {
-            m.insert("tokenId".into(), record.id.clone().into());
-            m.insert("ownerId".into(), record.owner_id.clone().into());
+            m.insert("tokenId".into(), token.id().into());
+            m.insert("ownerId".into(), token.owner_id().into());
             m.insert(
                 "per".into(),
                 match q.per {
@@ -174,25 +174,30 @@ fn notify(
     });
 }
 
-/// The quota state of `record`'s subject, without charging (for whoami); `None`
+/// The quota state of `token`'s subject, without charging (for whoami); `None`
 /// when the store is unreachable.
 pub async fn state(
     store: &dyn TokenStore,
     q: &QuotaSettings,
-    record: &TokenRecord,
+    token: &TokenView,
 ) -> Option<QuotaState> {
-    read(store, q, record, crate::clock::wall()).await.ok()
+    let now = crate::clock::wall();
+    read(store, q, token.id(), token.owner_id(), now).await.ok()
 }
 
-/// The quota state of `record`'s subject at `now`, without charging.
+/// The quota state of the subject of the token `token_id` (owned by `owner_id`) at
+/// `now`, without charging.
 pub async fn read(
     store: &dyn TokenStore,
     q: &QuotaSettings,
-    record: &TokenRecord,
+    token_id: &str,
+    owner_id: &str,
     now: Timestamp,
 ) -> Result<QuotaState, StoreError> {
     let (start, end) = period(now, q.period);
-    let used = store.quota_used(&subject(q, record), start).await?;
+    let used = store
+        .quota_used(&subject(q, token_id, owner_id), start)
+        .await?;
     Ok(QuotaState {
         limit: q.requests,
         used,

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crate::lifecycle::{Actor, NewToken, TokenPatch};
-use crate::store::{ListQuery, TokenRecord};
+use crate::store::{ListQuery, TokenRecord, TokenView};
 
 /// Permission that lets a PAT manage its organisation's tokens.
 pub const TOKENS_ADMIN: &str = "tokens:admin";
@@ -27,8 +27,9 @@ pub enum Principal {
     AdminKey(String),
     /// A PAT with `tokens:admin` (org-wide) or `tokens:self` (own tokens).
     Pat {
-        /// The caller's token record.
-        record: Arc<TokenRecord>,
+        /// The caller's token, as the cache holds it (what the rules read: id,
+        /// owner, org, permissions, scopes).
+        token: Arc<TokenView>,
         /// Whether it holds `tokens:admin` (else it holds `tokens:self`).
         org_admin: bool,
     },
@@ -48,7 +49,7 @@ impl Principal {
     pub fn actor(&self) -> Actor {
         match self {
             Principal::AdminKey(name) => Actor::Admin(name.clone()),
-            Principal::Pat { record, .. } => Actor::Token(record.id.clone()),
+            Principal::Pat { token, .. } => Actor::Token(token.id().to_string()),
         }
     }
 
@@ -65,17 +66,17 @@ impl Principal {
         match self {
             Principal::AdminKey(_) => Ok(()),
             Principal::Pat {
-                record,
+                token,
                 org_admin: true,
-            } => match &record.org_id {
-                Some(org) if target.org_id.as_ref() == Some(org) => Ok(()),
+            } => match token.org_id() {
+                Some(org) if target.org_id.as_deref() == Some(org) => Ok(()),
                 _ => Err(forbid("This token belongs to another organization")),
             },
             Principal::Pat {
-                record,
+                token,
                 org_admin: false,
             } => {
-                if target.owner_id == record.owner_id {
+                if target.owner_id == token.owner_id() {
                     Ok(())
                 } else {
                     Err(forbid("This token belongs to another owner"))
@@ -89,10 +90,10 @@ impl Principal {
         match self {
             Principal::AdminKey(_) => Ok(()),
             Principal::Pat {
-                record,
+                token,
                 org_admin: true,
             } => {
-                let Some(org) = &record.org_id else {
+                let Some(org) = token.org_id() else {
                     return Err(forbid(
                         "A tokens:admin PAT without an orgId manages no tokens",
                     ));
@@ -100,17 +101,17 @@ impl Principal {
                 if q.org_id.as_ref().is_some_and(|o| o != org) {
                     return Err(forbid("This organization's tokens are not yours to list"));
                 }
-                q.org_id = Some(org.clone());
+                q.org_id = Some(org.to_string());
                 Ok(())
             }
             Principal::Pat {
-                record,
+                token,
                 org_admin: false,
             } => {
-                if q.owner_id.as_ref().is_some_and(|o| o != &record.owner_id) {
+                if q.owner_id.as_ref().is_some_and(|o| o != token.owner_id()) {
                     return Err(forbid("Another owner's tokens are not yours to list"));
                 }
-                q.owner_id = Some(record.owner_id.clone());
+                q.owner_id = Some(token.owner_id().to_string());
                 Ok(())
             }
         }
@@ -118,39 +119,39 @@ impl Principal {
 
     /// Fills in and checks a creation request.
     pub fn check_create(&self, new: &mut NewToken) -> Result<(), Forbidden> {
-        let (record, org_admin) = match self {
+        let (token, org_admin) = match self {
             Principal::AdminKey(_) => return Ok(()),
-            Principal::Pat { record, org_admin } => (record, *org_admin),
+            Principal::Pat { token, org_admin } => (token, *org_admin),
         };
         if org_admin {
-            let Some(org) = &record.org_id else {
+            let Some(org) = token.org_id() else {
                 return Err(forbid(
                     "A tokens:admin PAT without an orgId manages no tokens",
                 ));
             };
             match &new.org_id {
-                None => new.org_id = Some(org.clone()),
+                None => new.org_id = Some(org.to_string()),
                 Some(o) if o == org => {}
                 Some(_) => return Err(forbid("Tokens can only be created in your organization")),
             }
         } else {
             if new.owner_id.is_empty() {
-                new.owner_id = record.owner_id.clone();
+                new.owner_id = token.owner_id().to_string();
             }
-            if new.owner_id != record.owner_id {
+            if new.owner_id != token.owner_id() {
                 return Err(forbid(
                     "A tokens:self PAT can only create tokens for its own owner",
                 ));
             }
             if new.org_id.is_none() {
-                new.org_id = record.org_id.clone();
+                new.org_id = token.org_id().map(str::to_string);
             }
-            if new.org_id != record.org_id {
+            if new.org_id.as_deref() != token.org_id() {
                 return Err(forbid(
                     "A tokens:self PAT can only create tokens in its own organization",
                 ));
             }
-            no_escalation(record, &new.permissions, &new.scopes)?;
+            no_escalation(token, &new.permissions, &new.scopes)?;
         }
         Ok(())
     }
@@ -159,10 +160,10 @@ impl Principal {
     pub fn check_patch(&self, patch: &TokenPatch) -> Result<(), Forbidden> {
         match self {
             Principal::Pat {
-                record,
+                token,
                 org_admin: false,
             } => no_escalation(
-                record,
+                token,
                 patch.permissions.as_deref().unwrap_or(&[]),
                 patch.scopes.as_deref().unwrap_or(&[]),
             ),
@@ -173,16 +174,16 @@ impl Principal {
 
 /// `permissions` and `scopes` must be subsets of what `caller` holds.
 fn no_escalation(
-    caller: &TokenRecord,
+    caller: &TokenView,
     permissions: &[String],
     scopes: &[String],
 ) -> Result<(), Forbidden> {
-    if let Some(p) = permissions.iter().find(|p| !caller.permissions.contains(p)) {
+    if let Some(p) = permissions.iter().find(|p| !caller.has_permission(p)) {
         return Err(forbid(format!(
             "Cannot grant permission {p}: the calling PAT does not hold it"
         )));
     }
-    if let Some(s) = scopes.iter().find(|s| !caller.scopes.contains(s)) {
+    if let Some(s) = scopes.iter().find(|s| !caller.has_scope(s)) {
         return Err(forbid(format!(
             "Cannot grant scope {s}: the calling PAT does not hold it"
         )));
@@ -193,7 +194,7 @@ fn no_escalation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::TokenType;
+    use crate::store::{Lookup, TokenType};
 
     fn rec(owner: &str, org: Option<&str>, perms: &[&str], scopes: &[&str]) -> TokenRecord {
         TokenRecord {
@@ -222,7 +223,10 @@ mod tests {
 
     fn pat(r: TokenRecord, org_admin: bool) -> Principal {
         Principal::Pat {
-            record: Arc::new(r),
+            token: Arc::new(TokenView::new(Lookup {
+                record: r,
+                grace_until: None,
+            })),
             org_admin,
         }
     }

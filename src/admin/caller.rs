@@ -93,27 +93,25 @@ pub async fn resolve(
     if credentials::check_format(presented, tokens).is_err() {
         return Err(unauthorized("Invalid admin credentials"));
     }
-    let lookup = match cache.lookup(TokenHash::of(presented)).await {
-        Ok(Some(l)) => l,
+    let token = match cache.lookup(TokenHash::of(presented)).await {
+        Ok(Some(t)) => t,
         Ok(None) => return Err(deny(Deny::Unknown)),
         Err(_) => return Err(deny(Deny::BackendUnavailable)),
     };
-    state::check(&lookup, jiff::Timestamp::now).map_err(deny)?;
-    match cache.owner_disabled(&lookup.record.owner_id).await {
+    state::check(&token, jiff::Timestamp::now).map_err(deny)?;
+    match cache.owner_disabled(token.owner_id()).await {
         Ok(false) => {}
         Ok(true) => return Err(deny(Deny::OwnerDisabled)),
         Err(_) => return Err(deny(Deny::BackendUnavailable)),
     }
-    ip_allowlist::check(&lookup.record, client_ip).map_err(deny)?;
-    let has = |p: &str| lookup.record.permissions.iter().any(|x| x == p);
-    let org_admin = has(TOKENS_ADMIN);
-    if !org_admin && !has(TOKENS_SELF) {
+    ip_allowlist::check(&token, client_ip).map_err(deny)?;
+    let org_admin = token.has_permission(TOKENS_ADMIN);
+    if !org_admin && !token.has_permission(TOKENS_SELF) {
         return Err(deny(Deny::MissingPermission(format!(
             "{TOKENS_ADMIN} or {TOKENS_SELF}"
         ))));
     }
-    let record = std::sync::Arc::new(lookup.record.clone());
-    Ok(Principal::Pat { record, org_admin })
+    Ok(Principal::Pat { token, org_admin })
 }
 
 #[cfg(test)]

@@ -662,7 +662,8 @@ impl Admin {
             None => serde_json::Value::Null,
             Some(q) => {
                 let now = jiff::Timestamp::now();
-                let state = crate::quota::read(self.lifecycle.store().as_ref(), q, r, now).await?;
+                let store = self.lifecycle.store().as_ref();
+                let state = crate::quota::read(store, q, &r.id, &r.owner_id, now).await?;
                 crate::quota::admin_json(&state, q, now)
             }
         };
@@ -705,7 +706,7 @@ fn caller_info(who: &Principal) -> serde_json::Value {
             "canImport": true,
             "canManageOwners": true,
         }),
-        Principal::Pat { record, org_admin } => {
+        Principal::Pat { token, org_admin } => {
             let role = if *org_admin {
                 authorize::TOKENS_ADMIN
             } else {
@@ -713,15 +714,15 @@ fn caller_info(who: &Principal) -> serde_json::Value {
             };
             serde_json::json!({
                 "kind": "pat",
-                "name": record.name,
-                "tokenId": record.id,
-                "prefix": record.prefix,
-                "ownerId": record.owner_id,
-                "orgId": record.org_id,
-                "projectId": record.project_id,
+                "name": token.name(),
+                "tokenId": token.id(),
+                "prefix": token.prefix(),
+                "ownerId": token.owner_id(),
+                "orgId": token.org_id(),
+                "projectId": token.project_id(),
                 "role": role,
-                "permissions": record.permissions,
-                "scopes": record.scopes,
+                "permissions": token.permissions(),
+                "scopes": token.scopes(),
                 "canAudit": false,
                 "canImport": false,
                 "canManageOwners": false,

@@ -4,11 +4,12 @@ use std::net::IpAddr;
 
 use super::Deny;
 use crate::client_ip;
-use crate::store::TokenRecord;
+use crate::store::TokenView;
 
 /// `client_ip` must fall inside one of the token's CIDRs when it has any.
-pub fn check(record: &TokenRecord, client_ip: IpAddr) -> Result<(), Deny> {
-    if record.ip_allowlist.is_empty() || client_ip::contains(&record.ip_allowlist, client_ip) {
+pub fn check(token: &TokenView, client_ip: IpAddr) -> Result<(), Deny> {
+    let allowlist = token.ip_allowlist();
+    if allowlist.is_empty() || client_ip::contains(allowlist, client_ip) {
         Ok(())
     } else {
         Err(Deny::IpNotAllowed)

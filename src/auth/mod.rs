@@ -26,7 +26,7 @@ use http::{HeaderMap, Method};
 use crate::cache::TokenCache;
 use crate::config::{Route, TokenSettings};
 use crate::ratelimit::{RateHeaders, RateLimiter};
-use crate::store::{Lookup, TokenRecord};
+use crate::store::TokenView;
 use crate::token::{FormatError, TokenHash};
 
 /// Why a request was refused. Mapped to status + message in [`crate::error`].
@@ -66,16 +66,9 @@ pub enum Deny {
 #[derive(Debug, Clone)]
 pub struct Identity {
     /// What the token resolved to (shared with the cache; no copy per request).
-    pub lookup: Arc<Lookup>,
+    pub token: Arc<TokenView>,
     /// Rate-limit state after counting this request, when the token is limited.
     pub rate: Option<RateHeaders>,
-}
-
-impl Identity {
-    /// The token's record.
-    pub fn record(&self) -> &TokenRecord {
-        &self.lookup.record
-    }
 }
 
 /// What a request looks like to the pipeline.
@@ -103,26 +96,23 @@ pub async fn authenticate(
     let token = credentials::bearer(facts.headers)?;
     credentials::check_format(token, tokens)?;
     let hash = TokenHash::of(token);
-    let lookup = cache
+    let token = cache
         .lookup(hash)
         .await
         .map_err(|_| Deny::BackendUnavailable)?
         .ok_or(Deny::Unknown)?;
-    state::check(&lookup, crate::clock::wall)?;
+    state::check(&token, crate::clock::wall)?;
     let owner_disabled = cache
-        .owner_disabled(&lookup.record.owner_id)
+        .owner_disabled(token.owner_id())
         .await
         .map_err(|_| Deny::BackendUnavailable)?;
     if owner_disabled {
         return Err(Deny::OwnerDisabled);
     }
-    ip_allowlist::check(&lookup.record, facts.client_ip)?;
+    ip_allowlist::check(&token, facts.client_ip)?;
     if let Some(route) = route {
-        policy::check(&lookup.record, route, facts.method, facts.path)?;
+        policy::check(&token, route, facts.method, facts.path)?;
     }
-    let rate = limiters
-        .check(&lookup.record)
-        .await
-        .map_err(Deny::RateLimited)?;
-    Ok(Identity { lookup, rate })
+    let rate = limiters.check(&token).await.map_err(Deny::RateLimited)?;
+    Ok(Identity { token, rate })
 }

@@ -5,17 +5,17 @@ use http::Method;
 
 use super::Deny;
 use crate::config::{PathParam, Route};
-use crate::store::TokenRecord;
+use crate::store::TokenView;
 
-/// Checks `record` against `route` for a request `method path`.
-pub fn check(record: &TokenRecord, route: &Route, method: &Method, path: &str) -> Result<(), Deny> {
+/// Checks `token` against `route` for a request `method path`.
+pub fn check(token: &TokenView, route: &Route, method: &Method, path: &str) -> Result<(), Deny> {
     for scope in &route.require_scopes {
-        if !record.scopes.iter().any(|s| s == scope) {
+        if !token.has_scope(scope) {
             return Err(Deny::MissingScope(scope.clone()));
         }
     }
     for perm in &route.require_permissions {
-        if !record.permissions.iter().any(|p| p == perm) {
+        if !token.has_permission(perm) {
             return Err(Deny::MissingPermission(perm.clone()));
         }
     }
@@ -25,17 +25,17 @@ pub fn check(record: &TokenRecord, route: &Route, method: &Method, path: &str) -
         } else {
             "write"
         };
-        if !record.permissions.iter().any(|p| p == need) {
+        if !token.has_permission(need) {
             return Err(Deny::MissingPermission(need.to_string()));
         }
     }
-    if let (Some(param), Some(project)) = (&route.project_param, &record.project_id)
+    if let (Some(param), Some(project)) = (&route.project_param, token.project_id())
         && let Some(seg) = segment(param, path)
         && seg != project
     {
         return Err(Deny::WrongProject);
     }
-    if let (Some(param), Some(org)) = (&route.org_param, &record.org_id)
+    if let (Some(param), Some(org)) = (&route.org_param, token.org_id())
         && let Some(seg) = segment(param, path)
         && seg != org
     {

@@ -4,38 +4,39 @@
 use jiff::Timestamp;
 
 use super::Deny;
-use crate::store::Lookup;
+use crate::store::TokenView;
 
 /// Revoked → old secret past its grace period → expired → inactive.
 ///
-/// `now` is only called when the record has an expiry or a grace period, so tokens
+/// `now` is only called when the token has an expiry or a grace period, so tokens
 /// that never expire cost no clock read.
-pub fn check(lookup: &Lookup, now: impl FnOnce() -> Timestamp) -> Result<(), Deny> {
-    let r = &lookup.record;
-    if r.expires_at.is_none() && lookup.grace_until.is_none() {
-        return if r.revoked_at.is_some() {
+pub fn check(token: &TokenView, now: impl FnOnce() -> Timestamp) -> Result<(), Deny> {
+    let expires_at = token.expires_at();
+    let grace_until = token.grace_until();
+    if expires_at.is_none() && grace_until.is_none() {
+        return if token.is_revoked() {
             Err(Deny::Revoked)
-        } else if !r.is_active {
+        } else if !token.is_active() {
             Err(Deny::Inactive)
         } else {
             Ok(())
         };
     }
     let now = now();
-    if r.revoked_at.is_some() {
+    if token.is_revoked() {
         return Err(Deny::Revoked);
     }
-    if let Some(grace) = lookup.grace_until
+    if let Some(grace) = grace_until
         && now >= grace
     {
         return Err(Deny::Unknown);
     }
-    if let Some(exp) = r.expires_at
+    if let Some(exp) = expires_at
         && now >= exp
     {
         return Err(Deny::Expired);
     }
-    if !r.is_active {
+    if !token.is_active() {
         return Err(Deny::Inactive);
     }
     Ok(())

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::IdentityHeaders;
-use crate::store::TokenRecord;
+use crate::store::TokenView;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies also drop.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -202,7 +202,7 @@ fn put(headers: &mut HeaderMap, name: &HeaderName, value: &str) -> bool {
     }
 }
 
-/// Injects the identity of `record` under the configured names. Returns `false`
+/// Injects the identity of `token` under the configured names. Returns `false`
 /// when some value could not be represented as a header value — the admin API never
 /// stores such values, so the record did not come from it (a corrupted or hostile
 /// store) and the caller must not forward the request with a partial identity.
@@ -210,20 +210,20 @@ fn put(headers: &mut HeaderMap, name: &HeaderName, value: &str) -> bool {
 pub fn inject_identity(
     headers: &mut HeaderMap,
     names: &IdentityHeaders,
-    record: &TokenRecord,
+    token: &TokenView,
 ) -> bool {
-    let mut ok = put(headers, &names.user_id, &record.owner_id);
-    ok &= put(headers, &names.token_id, &record.id);
-    ok &= put(headers, &names.token_prefix, &record.prefix);
-    ok &= put(headers, &names.token_type, record.kind.as_str());
-    if let Some(org) = &record.org_id {
+    let mut ok = put(headers, &names.user_id, token.owner_id());
+    ok &= put(headers, &names.token_id, token.id());
+    ok &= put(headers, &names.token_prefix, token.prefix());
+    ok &= put(headers, &names.token_type, token.kind().as_str());
+    if let Some(org) = token.org_id() {
         ok &= put(headers, &names.org_id, org);
     }
-    if let Some(project) = &record.project_id {
+    if let Some(project) = token.project_id() {
         ok &= put(headers, &names.project_id, project);
     }
-    ok &= put(headers, &names.scopes, &record.scopes.join(","));
-    ok &= put(headers, &names.permissions, &record.permissions.join(","));
+    ok &= put(headers, &names.scopes, &token.scopes().join(","));
+    ok &= put(headers, &names.permissions, &token.permissions().join(","));
     ok
 }
 

@@ -203,17 +203,16 @@ impl Gateway {
         let Ok(token) = auth::credentials::bearer(headers) else {
             return;
         };
-        let Ok(Some(lookup)) = self.cache.lookup(crate::token::TokenHash::of(token)).await else {
+        let Ok(Some(t)) = self.cache.lookup(crate::token::TokenHash::of(token)).await else {
             return;
         };
-        let r = &lookup.record;
         let every = self.webhooks.settings().rate_limited_interval;
         self.webhooks
-            .emit_once(event, format!("{}:{}", event.name(), r.id), every, || {
+            .emit_once(event, format!("{}:{}", event.name(), t.id()), every, || {
                 serde_json::json!({
-                    "tokenId": r.id,
-                    "ownerId": r.owner_id,
-                    "prefix": r.prefix,
+                    "tokenId": t.id(),
+                    "ownerId": t.owner_id(),
+                    "prefix": t.prefix(),
                     "route": route,
                 })
             });
@@ -288,7 +287,7 @@ impl Gateway {
         };
         if let Some(id) = &identity {
             self.usage
-                .record(&id.record().id, crate::clock::wall(), client_ip);
+                .record(id.token.id(), crate::clock::wall(), client_ip);
         }
         let outcome = match (deny, &identity) {
             (Some(reason), _) => reason,
@@ -379,7 +378,7 @@ impl Gateway {
                 Ok(identity) => {
                     let quota = match &settings.rate_limit.quota {
                         Some(q) => {
-                            crate::quota::state(self.cache.store().as_ref(), q, identity.record())
+                            crate::quota::state(self.cache.store().as_ref(), q, &identity.token)
                                 .await
                         }
                         None => None,
@@ -439,7 +438,7 @@ impl Gateway {
                     && let Err(d) = crate::quota::charge(
                         self.cache.store().as_ref(),
                         q,
-                        identity.record(),
+                        &identity.token,
                         route.quota_cost,
                         &self.webhooks,
                     )
@@ -487,15 +486,12 @@ impl Gateway {
             original_host.as_ref(),
         );
         if let Some(id) = &identity {
-            if !headers::inject_identity(
-                &mut parts.headers,
-                &settings.identity_headers,
-                id.record(),
-            ) {
+            if !headers::inject_identity(&mut parts.headers, &settings.identity_headers, &id.token)
+            {
                 // Fail closed: an upstream must never see a partial identity (e.g. an
                 // org-bound token without its org header).
                 tracing::warn!(
-                    token.id = %id.record().id,
+                    token.id = %id.token.id(),
                     "token record holds a value that cannot be a header; not forwarding"
                 );
                 return Err((
@@ -505,7 +501,7 @@ impl Gateway {
                 ));
             }
             if let Some(signer) = &rt.assertion
-                && let Some(v) = signer.assertion(&route_name, &id.lookup)
+                && let Some(v) = signer.assertion(&route_name, &id.token)
             {
                 parts.headers.insert(signer.header.clone(), v);
             }
@@ -631,19 +627,19 @@ async fn tunnel(
 
 /// The whoami document.
 fn whoami(identity: &Identity, quota: Option<crate::quota::QuotaState>) -> Response<Body> {
-    let r = identity.record();
+    let t = &identity.token;
     let doc = serde_json::json!({
-        "userId": r.owner_id,
-        "orgId": r.org_id,
-        "projectId": r.project_id,
-        "tokenId": r.id,
-        "prefix": r.prefix,
-        "name": r.name,
-        "type": r.kind,
-        "scopes": r.scopes,
-        "permissions": r.permissions,
+        "userId": t.owner_id(),
+        "orgId": t.org_id(),
+        "projectId": t.project_id(),
+        "tokenId": t.id(),
+        "prefix": t.prefix(),
+        "name": t.name(),
+        "type": t.kind(),
+        "scopes": t.scopes(),
+        "permissions": t.permissions(),
         "authMethod": "pat",
-        "expiresAt": r.expires_at,
+        "expiresAt": t.expires_at(),
         "rateLimit": identity.rate.map(|h| h.to_json()),
         "quota": quota.map(|q| q.to_json()),
     });
@@ -673,7 +669,7 @@ fn access_log(method: &Method, client_ip: IpAddr, started: Instant, o: Outcome<'
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let (token_id, token_prefix) = o
         .identity
-        .map(|i| (i.record().id.as_str(), i.record().prefix.as_str()))
+        .map(|i| (i.token.id(), i.token.prefix()))
         .unwrap_or(("", o.presented.unwrap_or("")));
     tracing::info!(
         target: "patgate::access",

@@ -23,7 +23,7 @@ use super::gcra::{GcraOutcome, GcraParams};
 use super::{RateHeaders, RateLimiters, effective_spec};
 use crate::config::RateSpec;
 use crate::metrics::metrics;
-use crate::store::{StoreError, TokenRecord};
+use crate::store::{StoreError, TokenView};
 
 /// How long after a failed step requests skip Redis and use the fallback.
 pub const FALLBACK_PROBE: Duration = Duration::from_secs(1);
@@ -93,13 +93,13 @@ impl GlobalLimiter {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Counts one request for `record`; see [`super::RateLimiter::check`].
-    pub async fn check(&self, record: &TokenRecord) -> Result<Option<RateHeaders>, RateHeaders> {
-        let Some(spec) = effective_spec(record, self.default) else {
+    /// Counts one request for `token`; see [`super::RateLimiter::check`].
+    pub async fn check(&self, token: &TokenView) -> Result<Option<RateHeaders>, RateHeaders> {
+        let Some(spec) = effective_spec(token, self.default) else {
             return Ok(None);
         };
         if self.now_ms() >= self.skip_until_ms.load(Ordering::Relaxed) {
-            match self.backend.gcra(&record.id, GcraParams::of(spec)).await {
+            match self.backend.gcra(token.id(), GcraParams::of(spec)).await {
                 Ok(o) => {
                     if self.in_fallback.swap(false, Ordering::Relaxed) {
                         metrics().rate_limit_fallback_active.set(0);
@@ -124,7 +124,7 @@ impl GlobalLimiter {
         }
         metrics().rate_limit_fallback.inc();
         self.fallback
-            .check_spec(&record.id, share(spec, self.replicas))
+            .check_spec(token.id(), share(spec, self.replicas))
             .map(Some)
     }
 
@@ -155,7 +155,7 @@ fn headers(o: GcraOutcome, spec: RateSpec) -> Result<RateHeaders, RateHeaders> {
 mod tests {
     use super::*;
     use crate::ratelimit::gcra::step;
-    use crate::ratelimit::local::tests::record;
+    use crate::ratelimit::local::tests::token;
     use std::sync::Mutex;
 
     /// An in-memory backend on a fixed clock that can be switched off.
@@ -201,7 +201,7 @@ mod tests {
     async fn shared_bucket_decides_and_reports_headers() {
         let fake = Arc::new(Fake::default());
         let l = GlobalLimiter::new(fake.clone(), Some(spec(6, 2)), 3);
-        let r = record("a", None);
+        let r = token("a", None);
         let h = l.check(&r).await.unwrap().unwrap();
         assert_eq!((h.limit, h.remaining), (2, 1));
         assert!(l.check(&r).await.is_ok());
@@ -217,7 +217,7 @@ mod tests {
         fake.down.store(true, Ordering::Relaxed);
         // 9 per minute, burst 9, 3 replicas: the fallback admits 3 and then limits.
         let l = GlobalLimiter::new(fake.clone(), Some(spec(9, 9)), 3);
-        let r = record("a", None);
+        let r = token("a", None);
         let before = metrics().rate_limit_fallback.get();
         let results: Vec<bool> = futures_util::future::join_all((0..6).map(|_| l.check(&r)))
             .await
@@ -243,7 +243,7 @@ mod tests {
     async fn unlimited_tokens_never_touch_the_backend() {
         let fake = Arc::new(Fake::default());
         let l = GlobalLimiter::new(fake.clone(), None, 1);
-        assert_eq!(l.check(&record("a", None)).await, Ok(None));
+        assert_eq!(l.check(&token("a", None)).await, Ok(None));
         assert_eq!(fake.calls.load(Ordering::Relaxed), 0);
     }
 }

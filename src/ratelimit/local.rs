@@ -23,7 +23,7 @@ use governor::{Quota, RateLimiter};
 
 use super::{RateHeaders, effective_spec};
 use crate::config::RateSpec;
-use crate::store::TokenRecord;
+use crate::store::TokenView;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -80,11 +80,11 @@ impl RateLimiters {
         }
     }
 
-    /// Counts one request for `record`. `Ok(None)`: unlimited. `Ok(Some)`: allowed,
+    /// Counts one request for `token`. `Ok(None)`: unlimited. `Ok(Some)`: allowed,
     /// with header values. `Err`: rejected, with header values and retry time.
-    pub fn check(&self, record: &TokenRecord) -> Result<Option<RateHeaders>, RateHeaders> {
-        match effective_spec(record, self.default) {
-            Some(spec) => self.check_spec(&record.id, spec).map(Some),
+    pub fn check(&self, token: &TokenView) -> Result<Option<RateHeaders>, RateHeaders> {
+        match effective_spec(token, self.default) {
+            Some(spec) => self.check_spec(token.id(), spec).map(Some),
             None => Ok(None),
         }
     }
@@ -161,9 +161,16 @@ impl RateLimiters {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::store::{RateLimit, TokenType};
+    use crate::store::{Lookup, RateLimit, TokenRecord, TokenType};
 
-    pub(crate) fn record(id: &str, rate: Option<RateLimit>) -> TokenRecord {
+    pub(crate) fn token(id: &str, rate: Option<RateLimit>) -> TokenView {
+        TokenView::new(Lookup {
+            record: record(id, rate),
+            grace_until: None,
+        })
+    }
+
+    fn record(id: &str, rate: Option<RateLimit>) -> TokenRecord {
         TokenRecord {
             id: id.into(),
             name: "t".into(),
@@ -195,7 +202,7 @@ pub(crate) mod tests {
             per_seconds: 10,
             burst: 3,
         }));
-        let r = record("a", None);
+        let r = token("a", None);
         let remaining: Vec<u32> = (0..3)
             .map(|_| l.check(&r).unwrap().unwrap().remaining)
             .collect();
@@ -205,14 +212,14 @@ pub(crate) mod tests {
         assert!(denied.retry_after > Duration::from_secs(8), "{denied:?}");
         assert!(denied.retry_after <= Duration::from_secs(10));
         // Another token has its own bucket.
-        assert!(l.check(&record("b", None)).is_ok());
+        assert!(l.check(&token("b", None)).is_ok());
     }
 
     #[test]
     fn per_token_override_wins_and_unlimited_without_default() {
         let l = RateLimiters::new(None);
-        assert_eq!(l.check(&record("a", None)), Ok(None));
-        let r = record(
+        assert_eq!(l.check(&token("a", None)), Ok(None));
+        let r = token(
             "b",
             Some(RateLimit {
                 requests: 2,
@@ -228,7 +235,7 @@ pub(crate) mod tests {
     #[test]
     fn changed_override_gets_a_fresh_bucket() {
         let l = RateLimiters::new(None);
-        let mut r = record(
+        let r = token(
             "c",
             Some(RateLimit {
                 requests: 1,
@@ -238,11 +245,14 @@ pub(crate) mod tests {
         );
         assert!(l.check(&r).is_ok());
         assert!(l.check(&r).is_err());
-        r.rate_limit = Some(RateLimit {
-            requests: 5,
-            per_seconds: 60,
-            burst: None,
-        });
+        let r = token(
+            "c",
+            Some(RateLimit {
+                requests: 5,
+                per_seconds: 60,
+                burst: None,
+            }),
+        );
         assert!(l.check(&r).is_ok());
     }
 
@@ -253,11 +263,11 @@ pub(crate) mod tests {
             per_seconds: 1,
             burst: 1,
         }));
-        l.check(&record("idle", None)).ok();
+        l.check(&token("idle", None)).ok();
         for _ in 0..5 {
             l.sweep();
         }
-        l.check(&record("busy", None)).ok();
+        l.check(&token("busy", None)).ok();
         for _ in 0..5 {
             l.sweep();
         }

@@ -23,7 +23,7 @@ pub use self::gcra::{GcraOutcome, GcraParams};
 pub use self::global::{GcraBackend, GlobalLimiter};
 pub use self::local::RateLimiters;
 use crate::config::RateSpec;
-use crate::store::TokenRecord;
+use crate::store::TokenView;
 
 /// Values of the `RateLimit-*` (and on 429 `Retry-After`) headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +78,8 @@ impl RateHeaders {
 }
 
 /// The spec that applies to a token: its override, else the default.
-pub fn effective_spec(record: &TokenRecord, default: Option<RateSpec>) -> Option<RateSpec> {
-    match record.rate_limit {
+pub fn effective_spec(token: &TokenView, default: Option<RateSpec>) -> Option<RateSpec> {
+    match token.rate_limit() {
         Some(r) => Some(RateSpec {
             requests: r.requests.max(1),
             per_seconds: r.per_seconds.max(1),
@@ -104,13 +104,13 @@ impl RateLimiter {
         RateLimiter::Local(RateLimiters::new(default))
     }
 
-    /// Counts one request for `record`. `Ok(None)`: unlimited. `Ok(Some)`: allowed,
+    /// Counts one request for `token`. `Ok(None)`: unlimited. `Ok(Some)`: allowed,
     /// with header values. `Err`: rejected, with header values and retry time.
     /// Cost: local — no I/O; global — one Redis round trip (none while in fallback).
-    pub async fn check(&self, record: &TokenRecord) -> Result<Option<RateHeaders>, RateHeaders> {
+    pub async fn check(&self, token: &TokenView) -> Result<Option<RateHeaders>, RateHeaders> {
         match self {
-            RateLimiter::Local(l) => l.check(record),
-            RateLimiter::Global(g) => g.check(record).await,
+            RateLimiter::Local(l) => l.check(token),
+            RateLimiter::Global(g) => g.check(token).await,
         }
     }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`redis`]: production; shared by every replica, publishes invalidations.
 //! - [`embedded`]: redb, one file, for `dev` and single-node deployments.
+//! - [`TokenView`]: the compact, immutable form of a [`Lookup`] that the cache holds
+//!   and the request path reads.
 //!
 //! Every method is one logical operation; implementations make each atomic (a redb
 //! write transaction, or a single-slot Redis command / Lua script), so a failed call
@@ -11,6 +13,7 @@
 mod entry;
 mod outbox;
 mod record;
+mod view;
 
 pub use outbox::{Delivery, DeliveryQuery, DeliveryStatus, Outbox, token_of as outbox_token};
 
@@ -18,6 +21,7 @@ pub use record::{
     AuditEvent, AuditQuery, Changed, ClientIpSeen, Invalidation, IpRetention, ListQuery, Lookup,
     NewIpSeen, Page, RateLimit, TokenRecord, TokenType, UsageDelta,
 };
+pub use view::{Grant, TokenView, interned_grants};
 
 use std::time::Duration;
 

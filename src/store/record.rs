@@ -35,7 +35,7 @@ impl TokenType {
 }
 
 /// A per-token rate limit: `requests` per `perSeconds`, bursting to `burst`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
     /// Requests allowed per period.
