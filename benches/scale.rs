@@ -235,8 +235,6 @@ fn main() {
                         assert!(r.expect("lookup").is_some());
                     }),
             );
-            // Let moka apply its pending inserts before counting.
-            std::thread::sleep(Duration::from_secs(2));
             let entries = cache.len();
             let after = rss_bytes();
             let delta = after.saturating_sub(before);

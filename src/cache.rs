@@ -1,24 +1,33 @@
-//! The token cache: moka in front of the [`TokenStore`], keyed by token hash, plus
-//! this replica's copy of the (small) set of disabled owners.
+//! The token cache: a [`table::Table`] in front of the [`TokenStore`], keyed by token
+//! hash, plus this replica's copy of the (small) set of disabled owners.
 //!
-//! Token entries and their lifetimes:
+//! Token entries and their lifetimes (at most `max_entries` of them; a full cache
+//! drops the least recently used it samples, see [`table`]):
 //! - positive (`Some(view)`): served for `ttl` as fresh; after that the next hit is
 //!   still served while one background refresh runs (stale-while-revalidate). If the
 //!   store is unreachable the entry keeps being served until `max_staleness` after it
-//!   was fetched, when moka evicts it — then the token gets 503, never 401.
+//!   was fetched (give or take the table's [`table::TICK`]), when it expires — then the
+//!   token gets 503, never 401.
 //! - negative (`None`, unknown hash): kept `negative_ttl`, so a flood of random
 //!   well-formed tokens costs one store call per distinct token per `negative_ttl`.
+//!   Expired entries are reclaimed by later inserts and by a sweep of
+//!   1/[`SWEEP_PARTS`] of the table every [`SWEEP_EVERY`] (in the invalidation
+//!   listener), not only when the cache is full.
 //!
 //! Disabled owners: the whole set is held in memory (an `ArcSwap`), reloaded on every
 //! owner invalidation, on `All`, and every `ttl` as a backstop; checking it costs an
 //! atomic load and, only when the set is non-empty, one hash lookup. Until it has been
 //! loaded once, requests fail closed (503).
 //!
-//! Concurrent misses for one key are coalesced by moka's `try_get_with` into one
-//! store call. Invalidations (local changes and the store's pub/sub) drop entries at
-//! once; an epoch counter keeps a fetch that raced an invalidation from being cached.
-//! Cost of a hit: one moka lookup (no allocation, no lock held across `await`; keys
-//! are hashed by [`crate::token::HashKeyHasher`], freshness timed with [`crate::clock::recent`]).
+//! Concurrent misses for one key are coalesced by the table into one store call (a
+//! failure reaches every waiter; if the caller making the call goes away, a waiter
+//! makes it). Invalidations (local changes and the store's pub/sub) drop entries at
+//! once; an epoch counter, checked under the table's shard lock as a fetched entry is
+//! written, keeps a fetch that raced an invalidation from being cached.
+//! Cost of a hit: one table lookup (a shard read lock, no allocation, no lock held
+//! across `await`; freshness timed with [`crate::clock::recent`]).
+
+pub mod table;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,8 +35,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use moka::Expiry;
-use moka::future::Cache;
 use quanta::Instant;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -35,6 +42,13 @@ use crate::config::CacheSettings;
 use crate::metrics::metrics;
 use crate::store::{Invalidation, Lookup, StoreError, TokenStore, TokenView};
 use crate::token::{HashKeyState, TokenHash};
+
+use self::table::{Removal, Table};
+
+/// How often the invalidation listener reclaims expired token entries…
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// … from this fraction of the table (a full pass over 1 M entries costs ≈ 10 ms).
+pub const SWEEP_PARTS: usize = 8;
 
 /// The store could not be reached and nothing usable was cached.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,39 +72,9 @@ impl Slot {
     }
 }
 
-struct TokenExpiry {
-    positive: Duration,
-    negative: Duration,
-}
-
-impl Expiry<TokenHash, Slot> for TokenExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &TokenHash,
-        value: &Slot,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(if value.value.is_some() {
-            self.positive
-        } else {
-            self.negative
-        })
-    }
-
-    fn expire_after_update(
-        &self,
-        key: &TokenHash,
-        value: &Slot,
-        now: std::time::Instant,
-        _current: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, value, now)
-    }
-}
-
 struct Inner {
     store: Arc<dyn TokenStore>,
-    tokens: Cache<TokenHash, Slot, HashKeyState>,
+    tokens: Table<Slot, StoreError>,
     /// `None` until loaded once.
     disabled_owners: ArcSwapOption<HashSet<String>>,
     /// Serialises owner-set reloads (and coalesces concurrent first loads).
@@ -126,25 +110,23 @@ impl TokenCache {
     /// other replicas' changes.
     pub fn new(store: Arc<dyn TokenStore>, settings: &CacheSettings) -> Self {
         let keep = settings.max_staleness.max(settings.ttl);
-        let tokens = Cache::builder()
-            .max_capacity(settings.max_entries)
-            .expire_after(TokenExpiry {
-                positive: keep,
-                negative: settings.negative_ttl,
-            })
-            .eviction_listener(|_key, _slot, cause| {
-                let cause = match cause {
-                    moka::notification::RemovalCause::Size => "size",
-                    moka::notification::RemovalCause::Expired => "expired",
-                    // Invalidations and replacements are patgate's own doing.
-                    _ => return,
+        let negative = settings.negative_ttl;
+        let tokens = Table::new(
+            settings.max_entries,
+            move |slot: &Slot| {
+                if slot.value.is_some() { keep } else { negative }
+            },
+            |removal, n| {
+                let cause = match removal {
+                    Removal::Size => "size",
+                    Removal::Expired => "expired",
                 };
                 metrics()
                     .cache_evictions
                     .get_or_create(&crate::metrics::EvictionLabels { cause })
-                    .inc();
-            })
-            .build_with_hasher(HashKeyState::default());
+                    .inc_by(n);
+            },
+        );
         TokenCache {
             inner: Arc::new(Inner {
                 store,
@@ -180,7 +162,7 @@ impl TokenCache {
     /// Resolves a hash: from cache, else from the store (coalesced).
     pub async fn lookup(&self, hash: TokenHash) -> Result<Option<Arc<TokenView>>, Unavailable> {
         let inner = &self.inner;
-        if let Some(slot) = inner.tokens.get(&hash).await {
+        if let Some(slot) = inner.tokens.get(&hash) {
             match &slot.value {
                 Some(_) => {
                     metrics().cache_hits.inc();
@@ -200,23 +182,24 @@ impl TokenCache {
         let store = inner.store.clone();
         let slot = inner
             .tokens
-            .try_get_with(hash, async move {
-                let started = Instant::now();
-                let found = store.lookup(&hash).await.map(Slot::new);
-                metrics()
-                    .store_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                found
-            })
+            .get_or_try_insert_with(
+                hash,
+                async move {
+                    let started = Instant::now();
+                    let found = store.lookup(&hash).await.map(Slot::new);
+                    metrics()
+                        .store_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    found
+                },
+                // An invalidation raced this fetch: answer with it, but don't keep it.
+                || inner.epoch.load(Ordering::Acquire) == epoch,
+            )
             .await
             .map_err(|e| {
                 metrics().store_errors.inc();
                 unavailable(&e)
             })?;
-        if inner.epoch.load(Ordering::Acquire) != epoch {
-            // An invalidation raced this fetch: answer with it, but don't keep it.
-            inner.tokens.invalidate(&hash).await;
-        }
         Ok(slot.value)
     }
 
@@ -236,10 +219,11 @@ impl TokenCache {
             let epoch = inner.epoch.load(Ordering::Acquire);
             match inner.store.lookup(&hash).await {
                 Ok(v) => {
-                    if inner.epoch.load(Ordering::Acquire) == epoch {
-                        inner.tokens.insert(hash, Slot::new(v)).await;
-                    } else {
-                        inner.tokens.invalidate(&hash).await;
+                    let kept = inner.tokens.insert_if(hash, Slot::new(v), || {
+                        inner.epoch.load(Ordering::Acquire) == epoch
+                    });
+                    if !kept {
+                        inner.tokens.invalidate(&hash);
                     }
                 }
                 Err(e) => {
@@ -295,7 +279,7 @@ impl TokenCache {
         inner.epoch.fetch_add(1, Ordering::AcqRel);
         metrics().invalidations.inc();
         match invalidation {
-            Invalidation::Hash(h) => inner.tokens.invalidate(h).await,
+            Invalidation::Hash(h) => inner.tokens.invalidate(h),
             Invalidation::Owner(_) => {
                 if let Err(e) = self.reload_owners().await {
                     tracing::warn!(error = %e, "owner reload failed; retrying");
@@ -311,14 +295,17 @@ impl TokenCache {
     }
 
     /// Follows the store's invalidation feed until the store drops it (a lagging
-    /// receiver clears everything), and keeps the disabled-owner set fresh: every
-    /// `ttl`, or every 250 ms while a reload is owed.
+    /// receiver clears everything), keeps the disabled-owner set fresh (every `ttl`,
+    /// or every 250 ms while a reload is owed), and sweeps expired token entries from
+    /// 1/[`SWEEP_PARTS`] of the table every [`SWEEP_EVERY`].
     pub fn spawn_invalidation_listener(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         let mut rx = self.inner.store.subscribe();
         tokio::spawn(async move {
             let mut last_owner_load = Instant::now();
             let _ = this.reload_owners().await;
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let due = if this.inner.owners_dirty.load(Ordering::Acquire) {
                     Duration::from_millis(250)
@@ -339,6 +326,7 @@ impl TokenCache {
                         let _ = this.reload_owners().await;
                         last_owner_load = Instant::now();
                     }
+                    _ = sweep.tick() => this.inner.tokens.sweep_part(SWEEP_PARTS),
                 }
             }
         })

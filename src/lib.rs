@@ -6,8 +6,8 @@
 //! - [`token`]: the token format — generate, parse + checksum, SHA-256, display prefix. Pure.
 //! - [`store`]: the [`store::TokenStore`] trait; Redis (standalone, Sentinel, Cluster) and
 //!   embedded (redb) implementations; [`store::TokenView`], the compact form the cache keeps.
-//! - [`cache`]: moka cache in front of the store: positive/negative entries, coalesced
-//!   misses, invalidation, stale serving while the store is down.
+//! - [`cache`]: the token cache (a sharded, bounded table) in front of the store: positive/
+//!   negative entries, coalesced misses, invalidation, stale serving while the store is down.
 //! - [`auth`]: the decision pipeline — format → lookup → state → IP → route policy → rate limit.
 //! - [`ratelimit`]: per-token limits — local (governor) or global (GCRA in Redis, with a
 //!   local fallback) — and the `RateLimit-*` header values.

@@ -998,8 +998,7 @@ async fn a_full_cache_evicts_and_counts_it() {
     for _ in 0..6 {
         tokens.push(e.admin.create(reader()).await.0);
     }
-    // moka enforces its capacity in its periodic maintenance, which requests drive:
-    // keep cycling six tokens through a two-entry cache until it has evicted.
+    // Cycle six tokens through a two-entry cache until the metric shows evictions.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut metrics = String::new();
     let mut evicted = 0u64;
