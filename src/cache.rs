@@ -22,8 +22,9 @@
 //! Concurrent misses for one key are coalesced by the table into one store call (a
 //! failure reaches every waiter; if the caller making the call goes away, a waiter
 //! makes it). Invalidations (local changes and the store's pub/sub) drop entries at
-//! once; an epoch counter, checked under the table's shard lock as a fetched entry is
-//! written, keeps a fetch that raced an invalidation from being cached.
+//! once; the table's per-shard invalidation count ([`table::Table::generation`]),
+//! checked under the shard lock as a fetched entry is written, keeps a fetch that
+//! raced an invalidation from being cached.
 //! Cost of a hit: one table lookup (a shard read lock, no allocation, no lock held
 //! across `await`; freshness timed with [`crate::clock::recent`]).
 
@@ -31,7 +32,7 @@ pub mod table;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -84,7 +85,6 @@ struct Inner {
     /// Set when an owner reload failed; the refresher then retries quickly.
     owners_dirty: AtomicBool,
     ttl: Duration,
-    epoch: AtomicU64,
 }
 
 /// The cache; cheap to clone.
@@ -136,7 +136,6 @@ impl TokenCache {
                 refreshing: std::sync::Mutex::new(HashSet::default()),
                 owners_dirty: AtomicBool::new(false),
                 ttl: settings.ttl,
-                epoch: AtomicU64::new(0),
             }),
         }
     }
@@ -178,7 +177,7 @@ impl TokenCache {
             return Ok(slot.value);
         }
         metrics().cache_misses.inc();
-        let epoch = inner.epoch.load(Ordering::Acquire);
+        let generation = inner.tokens.generation(&hash);
         let store = inner.store.clone();
         let slot = inner
             .tokens
@@ -193,7 +192,7 @@ impl TokenCache {
                     found
                 },
                 // An invalidation raced this fetch: answer with it, but don't keep it.
-                || inner.epoch.load(Ordering::Acquire) == epoch,
+                || inner.tokens.generation(&hash) == generation,
             )
             .await
             .map_err(|e| {
@@ -216,15 +215,14 @@ impl TokenCache {
         let this = self.clone();
         tokio::spawn(async move {
             let inner = &this.inner;
-            let epoch = inner.epoch.load(Ordering::Acquire);
+            let generation = inner.tokens.generation(&hash);
             match inner.store.lookup(&hash).await {
                 Ok(v) => {
-                    let kept = inner.tokens.insert_if(hash, Slot::new(v), || {
-                        inner.epoch.load(Ordering::Acquire) == epoch
+                    // Not kept when an invalidation came in meanwhile: it has removed
+                    // the stale entry, and the next request fetches afresh.
+                    inner.tokens.insert_if(hash, Slot::new(v), || {
+                        inner.tokens.generation(&hash) == generation
                     });
-                    if !kept {
-                        inner.tokens.invalidate(&hash);
-                    }
                 }
                 Err(e) => {
                     metrics().store_errors.inc();
@@ -276,7 +274,6 @@ impl TokenCache {
     /// Applies one invalidation to this replica's cache.
     pub async fn apply(&self, invalidation: &Invalidation) {
         let inner = &self.inner;
-        inner.epoch.fetch_add(1, Ordering::AcqRel);
         metrics().invalidations.inc();
         match invalidation {
             Invalidation::Hash(h) => inner.tokens.invalidate(h),

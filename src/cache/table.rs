@@ -36,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -92,6 +92,8 @@ struct Shard<V, E> {
     map: RwLock<Map<V>>,
     /// Fetches in flight, by key.
     flights: Mutex<Flights<V, E>>,
+    /// Invalidations of this shard so far (changed under the `map` write lock).
+    generation: AtomicU64,
 }
 
 struct Map<V> {
@@ -278,6 +280,7 @@ impl<V: Clone + Send + Sync, E: Send + Sync> Table<V, E> {
                 Shard {
                     map: RwLock::new(Map::new(usize::try_from(cap).unwrap_or(usize::MAX))),
                     flights: Mutex::new(HashMap::default()),
+                    generation: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -357,10 +360,21 @@ impl<V: Clone + Send + Sync, E: Send + Sync> Table<V, E> {
         kept
     }
 
+    /// How many invalidations `key`'s shard has seen: a fetch that read it before
+    /// asking the store keeps its answer only if it is unchanged when the answer is
+    /// written (`insert_if(key, v, || table.generation(&key) == seen)`, checked under
+    /// the shard lock). Per shard, so an invalidation of one token discards racing
+    /// fetches of 1/shards of the others, not of all of them.
+    pub fn generation(&self, key: &TokenHash) -> u64 {
+        self.shard(key).generation.load(Ordering::Acquire)
+    }
+
     /// Removes `key`'s entry, if any.
     pub fn invalidate(&self, key: &TokenHash) {
+        let shard = self.shard(key);
         let removed = {
-            let mut map = write(&self.shard(key).map);
+            let mut map = write(&shard.map);
+            shard.generation.fetch_add(1, Ordering::AcqRel);
             map.entries
                 .find_entry(hash_of(key), |e| e.key == *key)
                 .ok()
@@ -372,7 +386,11 @@ impl<V: Clone + Send + Sync, E: Send + Sync> Table<V, E> {
     /// Removes every entry and frees the shards' memory.
     pub fn invalidate_all(&self) {
         for shard in &self.shards {
-            let old = std::mem::take(&mut write(&shard.map).entries);
+            let old = {
+                let mut map = write(&shard.map);
+                shard.generation.fetch_add(1, Ordering::AcqRel);
+                std::mem::take(&mut map.entries)
+            };
             drop(old);
         }
     }
@@ -601,6 +619,32 @@ mod tests {
             assert!(t.shards.len().is_power_of_two() && t.shards.len() <= MAX_SHARDS);
             assert!(t.shards.len() == 1 || max / t.shards.len() as u64 >= MIN_SHARE);
         }
+    }
+
+    #[test]
+    fn an_invalidation_refuses_a_racing_fetch_of_its_shard_only() {
+        let t: Table<u32, String> = Table::new(100_000, |_| TICK * 100, |_, _| {});
+        let a = key(1);
+        let same = (2..)
+            .map(key)
+            .find(|k| std::ptr::eq(t.shard(k), t.shard(&a)))
+            .expect("a key in a's shard");
+        let other = (2..)
+            .map(key)
+            .find(|k| !std::ptr::eq(t.shard(k), t.shard(&a)))
+            .expect("a key in another shard");
+        let (seen_same, seen_other) = (t.generation(&same), t.generation(&other));
+        // `a` is invalidated while fetches of `same` and `other` are in flight.
+        t.invalidate(&a);
+        assert!(!t.insert_if(same, 1, || t.generation(&same) == seen_same));
+        assert_eq!(t.get(&same), None);
+        assert!(t.insert_if(other, 2, || t.generation(&other) == seen_other));
+        assert_eq!(t.get(&other), Some(2));
+        // invalidate_all reaches every shard.
+        let seen = t.generation(&other);
+        t.invalidate_all();
+        assert!(!t.insert_if(other, 3, || t.generation(&other) == seen));
+        assert_eq!(t.get(&other), None);
     }
 
     #[test]
