@@ -13,6 +13,11 @@
 //! largest size (default 1 000 000). Prints a Markdown table and writes
 //! `bench-results/scale-latest.json`.
 
+// The allocator the `patgate` binary uses, so the cache's memory is measured as served.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/common/redis.rs"]
 #[allow(dead_code)]
 mod redis_server;
